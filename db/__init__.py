@@ -1,0 +1,4 @@
+"""Storage: connection pool, migrations, the chunk sink and queries on PostgreSQL + pgvector.
+
+Nothing here imports `ingest` or `workers`: callers hand in plain values.
+"""

@@ -1,0 +1,23 @@
+"""The embedded PostgreSQL 16 + pgvector used when no DATABASE_URL is configured."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+
+def start_embedded(pgdata: Path) -> str:
+    """Starts (or reuses) a server on `pgdata` and returns its unix-socket URI.
+
+    The server outlives this process only while another process still uses it.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (services, containers) and falls back
+        # to a private folder in /tmp, which is fine for pgserver's lock file.
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = get_server(pgdata.resolve(), cleanup_mode="stop")
+    uri: str = server.get_uri()
+    return uri

@@ -1,0 +1,40 @@
+"""Semantic search over the chunks by cosine similarity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    video_id: str
+    title: str | None
+    url: str
+    extractor: str | None
+    seg_index: int
+    start_s: float
+    end_s: float
+    speaker: str | None
+    text: str
+    score: float  # cosine similarity, 1 = same direction
+
+
+async def search_chunks(
+    conn: asyncpg.Connection, query: npt.NDArray[np.float32], *, k: int
+) -> list[SearchHit]:
+    rows = await conn.fetch(
+        """
+        SELECT s.video_id, v.title, v.url, v.extractor, s.seg_index, s.start_s, s.end_s,
+               s.speaker, s.text, 1 - (s.embedding <=> $1) AS score
+        FROM segments s JOIN videos v ON v.id = s.video_id
+        ORDER BY s.embedding <=> $1
+        LIMIT $2
+        """,
+        query,
+        k,
+    )
+    return [SearchHit(**dict(r)) for r in rows]

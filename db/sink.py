@@ -1,0 +1,110 @@
+"""Writing embedded chunks: COPY into a staging table, then one upsert that skips unchanged rows.
+
+Each call is one transaction: the chunks of every video in it are written, stale chunks of a
+reprocessed video are removed, and the videos are marked `done`, all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+_COLUMNS = ("video_id", "seg_index", "start_s", "end_s", "speaker", "text", "embedding")
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS segments_staging"
+    " (LIKE segments INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+
+# Re-embedding the same text gives vectors that differ in the last bits (batch composition
+# changes padding); rewriting such a row under an HNSW index costs ~100x an insert, so only a
+# real change of the vector counts.
+_UPSERT = """
+INSERT INTO segments AS s (video_id, seg_index, start_s, end_s, speaker, text, embedding)
+SELECT video_id, seg_index, start_s, end_s, speaker, text, embedding FROM segments_staging
+ON CONFLICT (video_id, seg_index) DO UPDATE SET
+    start_s = EXCLUDED.start_s, end_s = EXCLUDED.end_s, speaker = EXCLUDED.speaker,
+    text = EXCLUDED.text, embedding = EXCLUDED.embedding
+WHERE (s.start_s, s.end_s, s.speaker, s.text)
+      IS DISTINCT FROM (EXCLUDED.start_s, EXCLUDED.end_s, EXCLUDED.speaker, EXCLUDED.text)
+   OR (s.embedding <=> EXCLUDED.embedding) > 1e-6
+"""
+
+_DELETE_STALE = """
+DELETE FROM segments s USING unnest($1::text[], $2::integer[]) AS v(id, n)
+WHERE s.video_id = v.id AND s.seg_index >= v.n
+"""
+
+_MARK_DONE = """
+UPDATE videos AS v SET
+    status = 'done', error = NULL, duration_s = d.duration_s, chunk_count = d.n,
+    asr_model = d.asr_model, embedding_model = d.embedding_model, timings = d.timings::jsonb,
+    done_at = now(), updated_at = now()
+FROM unnest($1::text[], $2::float8[], $3::integer[], $4::text[], $5::text[], $6::text[])
+     AS d(id, duration_s, n, asr_model, embedding_model, timings)
+WHERE v.id = d.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    seg_index: int
+    start_s: float
+    end_s: float
+    speaker: str | None
+    text: str
+    embedding: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedVideo:
+    video_id: str
+    duration_s: float
+    asr_model: str
+    embedding_model: str
+    chunks: Sequence[ChunkRow]
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    videos: int
+    chunks: int
+    rows_written: int  # inserted or changed; unchanged rows are not rewritten
+    rows_deleted: int
+
+
+async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> WriteResult:
+    records = [
+        (v.video_id, c.seg_index, c.start_s, c.end_s, c.speaker, c.text, c.embedding)
+        for v in videos
+        for c in v.chunks
+    ]
+    ids = [v.video_id for v in videos]
+    async with conn.transaction():
+        await conn.execute(_STAGING)
+        await conn.copy_records_to_table("segments_staging", records=records, columns=_COLUMNS)
+        written = _row_count(await conn.execute(_UPSERT))
+        deleted = _row_count(
+            await conn.execute(_DELETE_STALE, ids, [len(v.chunks) for v in videos])
+        )
+        await conn.execute(
+            _MARK_DONE,
+            ids,
+            [v.duration_s for v in videos],
+            [len(v.chunks) for v in videos],
+            [v.asr_model for v in videos],
+            [v.embedding_model for v in videos],
+            [json.dumps(dict(v.timings)) for v in videos],
+        )
+    return WriteResult(len(videos), len(records), written, deleted)
+
+
+def _row_count(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "INSERT 0 12" or "DELETE 3".
+    return int(status.rsplit(" ", 1)[-1])

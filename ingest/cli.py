@@ -1,0 +1,211 @@
+"""The `ingest` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from db.corpus import EmbeddingModelMismatch
+from db.videos import status_summary
+from ingest.backfill import backfill as run_backfill
+from ingest.config import ConfigError, Device, LogFormat, LogLevel, Settings, load_settings
+from ingest.database import DatabaseUnavailable, open_database
+from ingest.ledger import Ledger
+from ingest.logging import configure_logging
+from ingest.models import ModelLoadError
+from ingest.pipeline import Pipeline
+from ingest.progress import live_progress, summary
+from ingest.search import search as run_search
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Turn channels, playlists, feeds and folders of audio into a searchable corpus.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+# Errors a user fixes by changing the command or its settings: one line, exit status 2.
+USAGE_ERRORS = (ConfigError, ModelLoadError, DatabaseUnavailable, EmbeddingModelMismatch)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL URL; unset: embedded PostgreSQL in the data dir.")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Audio and embedded database.")] = None,
+    device: Annotated[Device | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    log_level: Annotated[LogLevel | None, typer.Option(help="debug, info, warning, error.")] = None,
+    log_format: Annotated[LogFormat | None, typer.Option(help="auto, console or json.")] = None,
+) -> None:
+    ctx.obj = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "device": device,
+        "log_level": log_level,
+        "log_format": log_format,
+    }
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except USAGE_ERRORS as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    settings = load_settings(**ctx.obj, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    sources: Annotated[
+        list[str], typer.Argument(help="Channel, playlist, video or feed URLs, files, folders.")
+    ],
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Take at most N videos not yet done.")
+    ] = None,
+    reprocess: Annotated[
+        bool, typer.Option(help="Redo videos already done, replacing their chunks.")
+    ] = False,
+    asr_model: Annotated[
+        str | None, typer.Option(help="Whisper size, hub id or local folder.")
+    ] = None,
+    embedding_model: Annotated[
+        str | None, typer.Option(help="sentence-transformers hub id or folder.")
+    ] = None,
+    download_workers: Annotated[int | None, typer.Option(min=1)] = None,
+    asr_workers: Annotated[int | None, typer.Option(min=1)] = None,
+    asr_batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    embed_batch: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Process every video of the sources that is not done yet, then exit.
+
+    Exit status: 0 when every video is done, 1 when any failed, 2 on a usage or setup error.
+    """
+    with _usage_errors():
+        settings = _settings(
+            ctx,
+            asr_model=asr_model,
+            embedding_model=embedding_model,
+            download_workers=download_workers,
+            asr_workers=asr_workers,
+            asr_batch_size=asr_batch_size,
+            embed_batch=embed_batch,
+        )
+
+        def display(ledger: Ledger, pipeline: Pipeline) -> AbstractContextManager[object]:
+            if not err.is_terminal:
+                return nullcontext()
+            return live_progress(ledger, pipeline, err)
+
+        result = _run(
+            run_backfill(sources, settings, limit=limit, reprocess=reprocess, display=display)
+        )
+    out.print(summary(result), markup=False, highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Apply pending database migrations (they are also applied at every start)."""
+    with _usage_errors():
+        settings = _settings(ctx)
+
+        async def go() -> None:
+            async with open_database(settings):
+                pass
+
+        _run(go())
+    out.print("database schema is up to date")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Videos per status, chunks stored, and the most recent errors."""
+    with _usage_errors():
+        settings = _settings(ctx)
+
+        async def go() -> Any:
+            async with open_database(settings) as pool, pool.acquire() as conn:
+                return await status_summary(conn)
+
+        report = _run(go())
+    if as_json:
+        data = asdict(report)
+        data["audio_hours"] = report.audio_seconds / 3600
+        data["total_videos"] = sum(report.counts.values())
+        out.print_json(json.dumps(data, default=str))
+        return
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
+    out.print(f"videos: {counts}", highlight=False)
+    out.print(
+        f"chunks: {report.chunks}; audio: {report.audio_seconds / 3600:.2f} h", highlight=False
+    )
+    for e in report.recent_errors:
+        out.print(
+            f"failed {e.video_id} (attempt {e.attempts}): {e.error}", markup=False, highlight=False
+        )
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
+    k: Annotated[int, typer.Option("-k", min=1, help="How many chunks to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    embedding_model: Annotated[
+        str | None, typer.Option(help="The corpus's embedding model.")
+    ] = None,
+) -> None:
+    """The chunks closest in meaning to QUERY, with a link to the second each starts."""
+    with _usage_errors():
+        settings = _settings(ctx, embedding_model=embedding_model)
+        results = _run(run_search(query, settings, k=k))
+    if as_json:
+        out.print_json(json.dumps([r.as_json() for r in results]))
+        return
+    for r in results:
+        hit = r.hit
+        speaker = f" [{hit.speaker}]" if hit.speaker else ""
+        out.print(
+            f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "
+            f"{_clock(hit.start_s)}-{_clock(hit.end_s)}  {r.link}\n    {hit.text}",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60:d}:{minutes % 60:02d}:{secs:02d}"
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,106 @@
+"""Every setting of the service, read once from the environment and `.env`.
+
+This is the only module that reads the environment. CLI flags are passed in as overrides and win
+over environment variables and `.env`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+GPU_ASR_MODEL = "distil-large-v3"
+CPU_ASR_MODEL = "base"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or inconsistent; reported as one line, exit status 2."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INGEST_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("database_url", "DATABASE_URL")
+    )
+    data_dir: Path = Path("data")
+    device: Device = "auto"
+    asr_model: str | None = None
+    asr_compute_type: str = "auto"
+    asr_workers: int | None = Field(default=None, ge=1)
+    asr_batch_size: int = Field(default=8, ge=1)
+    asr_language: str | None = None
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embed_batch: int = Field(default=1000, ge=1)
+    embed_encode_batch: int = Field(default=32, ge=1)
+    embed_flush_seconds: float = Field(default=2.0, gt=0)
+    download_workers: int = Field(default=24, ge=1)
+    download_socket_timeout: float = Field(default=30.0, gt=0)
+    download_retries: int = Field(default=3, ge=0)
+    audio_queue_size: int = Field(default=8, ge=1)
+    transcript_queue_size: int = Field(default=64, ge=1)
+    sink_queue_size: int = Field(default=2, ge=1)
+    chunk_chars: int = Field(default=800, ge=50)
+    chunk_max_seconds: float = Field(default=90.0, gt=0)
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.data_dir / "audio"
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if cuda_device_count() > 0 else "cpu"
+
+    def resolved_asr_model(self) -> str:
+        if self.asr_model:
+            return self.asr_model
+        return GPU_ASR_MODEL if self.resolved_device() == "cuda" else CPU_ASR_MODEL
+
+    def resolved_asr_workers(self) -> int:
+        if self.asr_workers:
+            return self.asr_workers
+        return max(1, cuda_device_count()) if self.resolved_device() == "cuda" else 1
+
+    def resolved_compute_type(self) -> str:
+        if self.asr_compute_type != "auto":
+            return self.asr_compute_type
+        return "float16" if self.resolved_device() == "cuda" else "int8"
+
+
+def cuda_device_count() -> int:
+    # CTranslate2 answers without initialising torch's CUDA runtime.
+    import ctranslate2
+
+    return int(ctranslate2.get_cuda_device_count())
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env/.env with the given non-None overrides (CLI flags) on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc

@@ -1,0 +1,53 @@
+"""structlog configuration, done once at the entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, TextIO, cast
+
+import structlog
+
+
+class _StderrLoggerFactory:
+    """Writes to whatever sys.stderr is when a line is logged, so a live progress display that
+    redirects stderr keeps log lines above its bars."""
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(cast(TextIO, _CurrentStderr()))
+
+
+class _CurrentStderr:
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """JSON lines when stderr is not a terminal (or `fmt == "json"`), readable lines otherwise."""
+    # Model loaders draw tqdm bars on stderr; our own log and progress display say enough.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    terminal = sys.stderr.isatty()
+    as_json = fmt == "json" or (fmt == "auto" and not terminal)
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=terminal)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=_StderrLoggerFactory(),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,115 @@
+"""The pipeline: bounded streams joining download, transcription, embedding and the sink."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ingest.config import Settings
+from ingest.download import Downloader, DownloadOptions, download_stage
+from ingest.embed import BatchRules, EmbeddedBatch, embed_stage
+from ingest.ledger import Ledger
+from ingest.messages import AudioFile, TranscribedVideo, VideoJob
+from ingest.models import Models
+from ingest.sink import sink_stage
+from ingest.transcribe import transcribe_stage
+from workers.chunking import ChunkingOptions
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    download: DownloadOptions
+    chunking: ChunkingOptions
+    batching: BatchRules
+    audio_queue: int = 8
+    transcript_queue: int = 64
+    sink_queue: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineOptions:
+        return cls(
+            download=DownloadOptions(
+                audio_dir=settings.audio_dir,
+                workers=settings.download_workers,
+                socket_timeout=settings.download_socket_timeout,
+                retries=settings.download_retries,
+            ),
+            chunking=ChunkingOptions(settings.chunk_chars, settings.chunk_max_seconds),
+            batching=BatchRules(settings.embed_batch, settings.embed_flush_seconds),
+            audio_queue=settings.audio_queue_size,
+            transcript_queue=settings.transcript_queue_size,
+            sink_queue=settings.sink_queue_size,
+        )
+
+
+class Pipeline:
+    """One run's streams and stages; `depths()` may be read while `run()` goes on."""
+
+    def __init__(
+        self, options: PipelineOptions, *, pool: asyncpg.Pool, models: Models, ledger: Ledger
+    ) -> None:
+        self.options, self.pool, self.models, self.ledger = options, pool, models, ledger
+        self._jobs = anyio.create_memory_object_stream[VideoJob](options.download.workers)
+        self._audio = anyio.create_memory_object_stream[AudioFile](options.audio_queue)
+        self._texts = anyio.create_memory_object_stream[TranscribedVideo](options.transcript_queue)
+        self._batches = anyio.create_memory_object_stream[EmbeddedBatch](options.sink_queue)
+
+    def depths(self) -> dict[str, int]:
+        streams = {
+            "jobs": self._jobs,
+            "audio": self._audio,
+            "transcripts": self._texts,
+            "batches": self._batches,
+        }
+        return {name: rx.statistics().current_buffer_used for name, (_, rx) in streams.items()}
+
+    async def run(self, jobs: Iterable[VideoJob]) -> None:
+        """Returns once every job is done or failed; any stage crashing cancels the others."""
+        downloader = Downloader(self.options.download)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_feed(jobs, self._jobs[0]))
+                tg.create_task(
+                    download_stage(
+                        self._jobs[1], self._audio[0], downloader=downloader, ledger=self.ledger
+                    )
+                )
+                tg.create_task(
+                    transcribe_stage(
+                        self._audio[1],
+                        self._texts[0],
+                        models=self.models.asr,
+                        chunking=self.options.chunking,
+                        ledger=self.ledger,
+                    )
+                )
+                tg.create_task(
+                    embed_stage(
+                        self._texts[1],
+                        self._batches[0],
+                        embedder=self.models.embedder,
+                        rules=self.options.batching,
+                        ledger=self.ledger,
+                    )
+                )
+                tg.create_task(
+                    sink_stage(
+                        self._batches[1],
+                        pool=self.pool,
+                        embedding_model=self.models.embedder.name,
+                        ledger=self.ledger,
+                    )
+                )
+        finally:
+            await asyncio.shield(asyncio.to_thread(downloader.close))
+
+
+async def _feed(jobs: Iterable[VideoJob], outbox: MemoryObjectSendStream[VideoJob]) -> None:
+    async with outbox:
+        for job in jobs:
+            await outbox.send(job)

@@ -1,0 +1,58 @@
+"""The live progress display of a backfill, and its final summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.text import Text
+
+from ingest.backfill import BackfillResult
+from ingest.ledger import Ledger
+from ingest.pipeline import Pipeline
+
+
+@contextmanager
+def live_progress(ledger: Ledger, pipeline: Pipeline, console: Console) -> Iterator[None]:
+    """Redraws twice a second on the console; log lines written meanwhile appear above it."""
+    started = time.monotonic()
+
+    def render() -> RenderableType:
+        return progress_view(ledger, pipeline, time.monotonic() - started)
+
+    with Live(get_renderable=render, console=console, refresh_per_second=2, transient=True):
+        yield
+
+
+def progress_view(ledger: Ledger, pipeline: Pipeline, elapsed_s: float) -> RenderableType:
+    c = ledger.counters
+    bar = ProgressBar(total=max(c.total, 1), completed=c.finished, width=40)
+    depths = "  ".join(f"{name} {depth}" for name, depth in pipeline.depths().items())
+    line = Text.assemble(
+        (f" videos {c.finished}/{c.total}", "bold"),
+        f"  done {c.done}  ",
+        (f"failed {c.failed}", "red" if c.failed else ""),
+        f"  audio {c.audio_seconds / 3600:.2f} h  chunks {c.chunks}",
+        f"  queues: {depths}  {_clock(elapsed_s)}",
+    )
+    return Group(bar, line)
+
+
+def summary(result: BackfillResult) -> str:
+    lines = [
+        f"{result.done} done, {result.failed} failed of {result.total} videos; "
+        f"{result.audio_seconds / 3600:.2f} h of audio, {result.chunks} chunks, "
+        f"{_clock(result.elapsed_s)}"
+    ]
+    lines += [f"failed {video_id}: {error}" for video_id, error in result.failures]
+    lines += [f"source failed: {f.error}" for f in result.source_failures]
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60:d}:{minutes % 60:02d}:{secs:02d}"

@@ -1,0 +1,69 @@
+"""Sink stage: writes embedded batches to PostgreSQL, marking each video done with its chunks."""
+
+from __future__ import annotations
+
+import asyncpg
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from db.sink import ChunkRow, FinishedVideo, write_finished
+from ingest.embed import EmbeddedBatch
+from ingest.ledger import Ledger
+from ingest.messages import EmbeddedVideo
+
+log = structlog.get_logger()
+
+
+async def sink_stage(
+    inbox: MemoryObjectReceiveStream[EmbeddedBatch],
+    *,
+    pool: asyncpg.Pool,
+    embedding_model: str,
+    ledger: Ledger,
+) -> None:
+    async with inbox:
+        async for batch in inbox:
+            await _write(batch, pool, embedding_model, ledger)
+
+
+async def _write(
+    batch: EmbeddedBatch, pool: asyncpg.Pool, embedding_model: str, ledger: Ledger
+) -> None:
+    finished = [_finished(video, embedding_model) for video in batch]
+    try:
+        async with pool.acquire() as conn:
+            result = await write_finished(conn, finished)
+    except asyncpg.DataError:
+        # Some video's content was refused: write them one by one so only that one fails.
+        for video in batch:
+            await _write_alone(video, pool, embedding_model, ledger)
+        return
+    log.debug("flushed", videos=result.videos, chunks=result.chunks, written=result.rows_written)
+    ledger.done([video.video for video in batch])
+
+
+async def _write_alone(
+    video: EmbeddedVideo, pool: asyncpg.Pool, embedding_model: str, ledger: Ledger
+) -> None:
+    try:
+        async with pool.acquire() as conn:
+            await write_finished(conn, [_finished(video, embedding_model)])
+    except asyncpg.DataError as exc:
+        await ledger.failed(video.video.job, "store", exc)
+        return
+    ledger.done([video.video])
+
+
+def _finished(video: EmbeddedVideo, embedding_model: str) -> FinishedVideo:
+    transcript = video.video
+    return FinishedVideo(
+        video_id=transcript.job.video_id,
+        duration_s=transcript.duration_s,
+        asr_model=transcript.asr_model,
+        embedding_model=embedding_model,
+        chunks=[
+            ChunkRow(c.seg_index, c.start_s, c.end_s, c.speaker, c.text, vector)
+            for c, vector in zip(transcript.chunks, video.embeddings, strict=True)
+        ],
+        timings=dict(transcript.timings),
+    )

@@ -1,0 +1,165 @@
+"""Listing sources into videos: anything yt-dlp can list flat, plus local files and folders."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from db.videos import DiscoveredVideo
+from ingest.messages import VideoJob
+
+AUDIO_SUFFIXES = frozenset(
+    [
+        ".wav",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".wma",
+        ".webm",
+        ".mp4",
+        ".mkv",
+        ".mov",
+        ".avi",
+        ".m4v",
+    ]
+)
+# A bare channel URL lists its tabs (Videos, Shorts, Live) as nested playlists.
+_MAX_NESTING = 3
+
+
+class SourceError(Exception):
+    """A source that cannot be listed; the other sources go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListedVideo:
+    record: DiscoveredVideo
+    job: VideoJob
+
+
+def list_source(source: str, *, socket_timeout: float = 30.0) -> list[ListedVideo]:
+    """Blocking: every video of one source, without duplicates, in the source's order."""
+    path = Path(source).expanduser()
+    if path.exists():
+        videos = list(_list_local(path))
+    elif "://" in source:
+        videos = list(_list_url(source, socket_timeout))
+    else:
+        raise SourceError(f"{source}: neither an existing file or folder nor a URL")
+    return _unique(videos)
+
+
+def _unique(videos: Sequence[ListedVideo]) -> list[ListedVideo]:
+    seen: dict[str, ListedVideo] = {}
+    for video in videos:
+        seen.setdefault(video.record.id, video)
+    return list(seen.values())
+
+
+def _list_local(path: Path) -> Iterator[ListedVideo]:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if file.suffix.lower() in AUDIO_SUFFIXES or file == path:
+            yield _local_video(file.resolve())
+
+
+def _local_video(file: Path) -> ListedVideo:
+    digest = hashlib.sha256(str(file).encode()).hexdigest()[:16]
+    record = DiscoveredVideo(
+        id=f"file:{digest}", url=file.as_uri(), title=file.stem, extractor="file"
+    )
+    return ListedVideo(record, VideoJob(record.id, record.url, record.title, local_path=file))
+
+
+def _list_url(url: str, socket_timeout: float) -> Iterator[ListedVideo]:
+    import yt_dlp
+
+    options = {
+        "extract_flat": "in_playlist",
+        "quiet": True,
+        "no_warnings": True,
+        "socket_timeout": socket_timeout,
+        "logger": _SilentLogger(),
+    }
+    try:
+        with yt_dlp.YoutubeDL(options) as ydl:
+            info = ydl.extract_info(url, download=False)
+            yield from _entries(ydl, info, url, depth=0)
+    except yt_dlp.utils.DownloadError as exc:
+        raise SourceError(f"{url}: {_clean_message(exc)}") from exc
+
+
+def _entries(ydl: Any, info: Mapping[str, Any], url: str, depth: int) -> Iterator[ListedVideo]:
+    kind = info.get("_type", "video")
+    if kind != "playlist":
+        if kind in ("url", "url_transparent") and _is_playlist_url(info) and depth < _MAX_NESTING:
+            nested = ydl.extract_info(info["url"], download=False)
+            yield from _entries(ydl, nested, info["url"], depth + 1)
+        else:
+            yield _remote_video(info, url)
+        return
+    for entry in info.get("entries") or []:
+        if entry:
+            yield from _entries(ydl, entry, entry.get("url") or url, depth)
+
+
+def _is_playlist_url(entry: Mapping[str, Any]) -> bool:
+    return entry.get("ie_key") == "YoutubeTab" or "list=" in str(entry.get("url", ""))
+
+
+def _remote_video(info: Mapping[str, Any], fallback_url: str) -> ListedVideo:
+    from yt_dlp.utils import unsmuggle_url
+
+    # The generic extractor passes an RSS item's guid along inside the URL.
+    url, smuggled = unsmuggle_url(
+        str(info.get("webpage_url") or info.get("url") or fallback_url), {}
+    )
+    extractor = str(info.get("ie_key") or info.get("extractor_key") or "generic")
+    raw_id = str(info.get("id") or smuggled.get("force_videoid") or "")
+    if extractor == "Youtube" and raw_id:
+        video_id, url = raw_id, f"https://www.youtube.com/watch?v={raw_id}"
+    else:
+        video_id = f"{extractor.lower()}:{raw_id or hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    record = DiscoveredVideo(
+        id=video_id,
+        url=url,
+        title=info.get("title"),
+        channel=info.get("channel") or info.get("uploader"),
+        extractor=extractor,
+        published_at=_published(info),
+        duration_s=info.get("duration"),
+    )
+    return ListedVideo(record, VideoJob(record.id, url, record.title))
+
+
+def _published(info: Mapping[str, Any]) -> datetime | None:
+    timestamp = info.get("timestamp") or info.get("release_timestamp")
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+
+
+def _clean_message(exc: Exception) -> str:
+    return str(exc).removeprefix("ERROR: ").strip()
+
+
+class _SilentLogger:
+    """yt-dlp writes to stderr unless given a logger; its errors reach us as exceptions."""
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        pass
+
+    def error(self, msg: str) -> None:
+        pass

@@ -1,0 +1,55 @@
+"""An in-test channel: files and an RSS 2.0 feed served over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+
+@dataclass(frozen=True)
+class Item:
+    guid: str
+    title: str
+    file: str  # path under the served folder; need not exist (a 404)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serves `folder`; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def write_feed(folder: Path, base_url: str, items: Sequence[Item], name: str = "feed.xml") -> str:
+    """Writes an RSS feed of audio enclosures into the served folder; returns its URL."""
+    entries = "".join(
+        f"<item><title>{escape(i.title)}</title><guid>{escape(i.guid)}</guid>"
+        f'<enclosure url="{escape(base_url)}/{escape(i.file)}" type="audio/wav" length="1"/>'
+        "</item>"
+        for i in items
+    )
+    (folder / name).write_text(
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>Test channel</title>'
+        f"<link>{base_url}/</link><description>test</description>{entries}</channel></rss>"
+    )
+    return f"{base_url}/{name}"

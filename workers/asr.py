@@ -1,0 +1,72 @@
+"""Speech recognition with faster-whisper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from workers.chunking import Segment
+
+SAMPLE_RATE = 16000
+
+Waveform = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class AsrOptions:
+    model: str  # a faster-whisper size name, a hub id, or a local CTranslate2 folder
+    device: str = "cpu"
+    compute_type: str = "int8"
+    batch_size: int = 8
+    language: str | None = None
+    device_index: int = 0
+    cpu_threads: int = 0
+
+
+def decode_audio(path: Path) -> Waveform:
+    """Any audio or video file as 16 kHz mono float32 (PyAV, no ffmpeg process)."""
+    from faster_whisper import decode_audio as _decode
+
+    audio: Waveform = _decode(str(path), sampling_rate=SAMPLE_RATE)
+    return audio
+
+
+def duration_s(audio: Waveform) -> float:
+    return len(audio) / SAMPLE_RATE
+
+
+class AsrModel:
+    """One loaded Whisper model; `BatchedInferencePipeline` when batch_size > 1, VAD always on."""
+
+    def __init__(self, options: AsrOptions) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.options = options
+        self._model = WhisperModel(
+            options.model,
+            device=options.device,
+            device_index=options.device_index,
+            compute_type=options.compute_type,
+            cpu_threads=options.cpu_threads,
+        )
+        self._batched = BatchedInferencePipeline(self._model) if options.batch_size > 1 else None
+
+    def transcribe(self, audio: Waveform) -> list[Segment]:
+        """Segments in time order, clipped to the audio's duration."""
+        if len(audio) == 0:
+            return []
+        kwargs: dict[str, Any] = {"language": self.options.language, "vad_filter": True}
+        if self._batched is not None:
+            raw, _ = self._batched.transcribe(audio, batch_size=self.options.batch_size, **kwargs)
+        else:
+            raw, _ = self._model.transcribe(audio, **kwargs)
+        end = duration_s(audio)
+        return [
+            Segment(start_s=min(s.start, end), end_s=min(s.end, end), text=s.text.strip())
+            for s in raw
+            if s.text.strip()
+        ]
