@@ -125,7 +125,7 @@ def backfill(
         result = _run(
             run_backfill(sources, settings, limit=limit, reprocess=reprocess, display=display)
         )
-    out.print(summary(result), markup=False, highlight=False)
+    out.print(summary(result), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,9 +28,12 @@ class RunCounters:
         return self.done + self.failed
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def describe_error(exc: BaseException) -> str:
-    """One readable line: the exception's own message, its type when it has none."""
-    message = " ".join(str(exc).split()).removeprefix("ERROR: ")
+    """One plain line: the exception's own message, its type when it has none."""
+    message = " ".join(_ANSI.sub("", str(exc)).split()).removeprefix("ERROR: ")
     return message or type(exc).__name__
 
 

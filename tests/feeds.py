@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,15 +22,32 @@ class Item:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    bytes_per_second: int | None = None
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        if self.bytes_per_second is None:
+            super().copyfile(source, outputfile)
+            return
+        step = max(1, self.bytes_per_second // 10)
+        while block := source.read(step):
+            outputfile.write(block)
+            time.sleep(0.1)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-transfer are part of the tests
+
 
 @contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """Serves `folder`; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(folder: Path, bytes_per_second: int | None = None) -> Iterator[str]:
+    """Serves `folder`, optionally throttled; yields its base URL."""
+    handler_class = type("Handler", (_QuietHandler,), {"bytes_per_second": bytes_per_second})
+    handler = functools.partial(handler_class, directory=str(folder))
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -203,6 +203,7 @@ async def test_local_folder_with_limit(
         (("--limit", "0", "x"), {}, "Usage"),
         (("/tmp",), {"INGEST_EMBED_BATCH": "many"}, "error: invalid setting embed_batch"),
         (("/tmp",), {"INGEST_DEVICE": "tpu"}, "error: invalid setting device"),
+        (("/tmp",), {"DATABASE_URL": "postgresql://u@127.0.0.1:9/x"}, "error: cannot connect"),
     ],
 )
 def test_usage_and_setting_errors_exit_2_with_one_line(
@@ -223,3 +224,22 @@ def test_a_model_that_cannot_load_exits_2(
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cannot load ASR model" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.anyio
+async def test_embedded_database_by_default(
+    site: tuple[Path, str], ingest_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder, base_url = site
+    feed = write_feed(folder, base_url, CHANNEL[:2])
+    env = {k: v for k, v in ingest_env.items() if k != "DATABASE_URL"}
+    env["INGEST_DATA_DIR"] = str(tmp_path / "embedded")
+
+    result = ingest(env, "backfill", feed)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "embedded" / "pgdata" / "PG_VERSION").exists()
+    status = json.loads(ingest(env, "status", "--json").stdout)
+    assert status["counts"]["done"] == 2 and status["chunks"] >= 2
+    found = ingest(env, "search", "planning meeting", "-k", "1")
+    assert found.returncode == 0, found.stderr
+    assert "Episode" in found.stdout and f"{base_url}/" in found.stdout

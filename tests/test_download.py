@@ -1,0 +1,98 @@
+"""The download stage against a local HTTP server: files, failures, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from ingest.download import Downloader, DownloadOptions, audio_stem, download_stage
+from ingest.ledger import Ledger
+from ingest.messages import AudioFile, VideoJob
+from tests.conftest import Speech
+from tests.feeds import serve
+from workers.asr import decode_audio
+
+pytestmark = pytest.mark.anyio
+
+
+def test_file_names_come_from_sanitised_ids() -> None:
+    stem = audio_stem("../../etc/passwd; rm -rf / $(x) ü")
+    assert "/" not in stem and " " not in stem and ".." not in stem
+    assert audio_stem("a/b") != audio_stem("a_b")  # distinct ids never share a file
+
+
+async def run_downloads(
+    jobs: list[VideoJob], downloader: Downloader, ledger: Ledger
+) -> list[AudioFile]:
+    send, receive = anyio.create_memory_object_stream[VideoJob](len(jobs))
+    out_send, out_receive = anyio.create_memory_object_stream[AudioFile](len(jobs))
+    async with out_receive:
+        async with send:
+            for job in jobs:
+                await send.send(job)
+        await download_stage(receive, out_send, downloader=downloader, ledger=ledger)
+        return [audio async for audio in out_receive]
+
+
+async def test_downloads_16k_mono_wav_and_records_failures(
+    tmp_path: Path, speech: Speech, pool: asyncpg.Pool
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.short, site / "short.wav")
+    downloader = Downloader(DownloadOptions(tmp_path / "audio", workers=3, retries=0))
+    ledger = Ledger(pool, total=2)
+    with serve(site) as base:
+        jobs = [VideoJob("ok", f"{base}/short.wav"), VideoJob("gone", f"{base}/missing.wav")]
+        async with pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO videos (id, url) VALUES ($1, $2)", [(j.video_id, j.url) for j in jobs]
+            )
+        try:
+            (audio,) = await run_downloads(jobs, downloader, ledger)
+        finally:
+            downloader.close()
+    assert audio.job.video_id == "ok" and audio.owned
+    assert audio.path.name == f"{audio_stem('ok')}.wav"
+    assert len(decode_audio(audio.path)) > 16000
+    assert ledger.failures[0][0] == "gone" and "404" in ledger.failures[0][1]
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, status, attempts FROM videos ORDER BY id")
+    assert [tuple(r) for r in rows] == [("gone", "failed", 1), ("ok", "processing", 1)]
+
+
+async def test_cancelling_stops_downloads_and_removes_partial_files(
+    tmp_path: Path, speech: Speech, pool: asyncpg.Pool
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.long, site / "long.wav")  # ~1.7 MB at 100 kB/s: ~17 s
+    audio_dir = tmp_path / "audio"
+    downloader = Downloader(DownloadOptions(audio_dir, workers=2))
+    with serve(site, bytes_per_second=100_000) as base:
+        jobs = [VideoJob(f"slow-{i}", f"{base}/long.wav") for i in range(2)]
+        stage = asyncio.create_task(run_downloads(jobs, downloader, Ledger(pool, total=2)))
+        with anyio.fail_after(20):
+            while not list(audio_dir.glob("*.part")):  # noqa: ASYNC110 - a file, not an event
+                await asyncio.sleep(0.05)
+        stage.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stage
+        started = time.monotonic()
+        await asyncio.to_thread(downloader.close)
+        assert time.monotonic() - started < 3  # threads stop at their next progress report
+    assert list(audio_dir.iterdir()) == []
+
+
+def test_error_messages_are_one_plain_line() -> None:
+    from ingest.ledger import describe_error
+
+    raw = RuntimeError("\x1b[0;31mERROR:\x1b[0m [generic] x: Unable to\n  download: HTTP 404")
+    assert describe_error(raw) == "[generic] x: Unable to download: HTTP 404"
+    assert describe_error(KeyError()) == "KeyError"
