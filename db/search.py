@@ -24,17 +24,23 @@ class SearchHit:
 
 
 async def search_chunks(
-    conn: asyncpg.Connection, query: npt.NDArray[np.float32], *, k: int
+    conn: asyncpg.Connection,
+    query: npt.NDArray[np.float32],
+    *,
+    k: int,
+    speaker: str | None = None,
 ) -> list[SearchHit]:
     rows = await conn.fetch(
         """
         SELECT s.video_id, v.title, v.url, v.extractor, s.seg_index, s.start_s, s.end_s,
                s.speaker, s.text, 1 - (s.embedding <=> $1) AS score
         FROM segments s JOIN videos v ON v.id = s.video_id
+        WHERE $3::text IS NULL OR s.speaker = $3
         ORDER BY s.embedding <=> $1
         LIMIT $2
         """,
         query,
         k,
+        speaker,
     )
     return [SearchHit(**dict(r)) for r in rows]

@@ -14,7 +14,10 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-_COLUMNS = ("video_id", "seg_index", "start_s", "end_s", "speaker", "text", "embedding")
+_COLUMNS = (
+    "video_id", "seg_index", "start_s", "end_s", "speaker", "speaker_confidence", "text",
+    "embedding",
+)  # fmt: skip
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS segments_staging"
@@ -25,13 +28,17 @@ _STAGING = (
 # changes padding); rewriting such a row under an HNSW index costs ~100x an insert, so only a
 # real change of the vector counts.
 _UPSERT = """
-INSERT INTO segments AS s (video_id, seg_index, start_s, end_s, speaker, text, embedding)
-SELECT video_id, seg_index, start_s, end_s, speaker, text, embedding FROM segments_staging
+INSERT INTO segments AS s
+    (video_id, seg_index, start_s, end_s, speaker, speaker_confidence, text, embedding)
+SELECT video_id, seg_index, start_s, end_s, speaker, speaker_confidence, text, embedding
+FROM segments_staging
 ON CONFLICT (video_id, seg_index) DO UPDATE SET
     start_s = EXCLUDED.start_s, end_s = EXCLUDED.end_s, speaker = EXCLUDED.speaker,
-    text = EXCLUDED.text, embedding = EXCLUDED.embedding
-WHERE (s.start_s, s.end_s, s.speaker, s.text)
-      IS DISTINCT FROM (EXCLUDED.start_s, EXCLUDED.end_s, EXCLUDED.speaker, EXCLUDED.text)
+    speaker_confidence = EXCLUDED.speaker_confidence, text = EXCLUDED.text,
+    embedding = EXCLUDED.embedding
+WHERE (s.start_s, s.end_s, s.speaker, s.speaker_confidence, s.text)
+      IS DISTINCT FROM (EXCLUDED.start_s, EXCLUDED.end_s, EXCLUDED.speaker,
+                        EXCLUDED.speaker_confidence, EXCLUDED.text)
    OR (s.embedding <=> EXCLUDED.embedding) > 1e-6
 """
 
@@ -44,9 +51,12 @@ _MARK_DONE = """
 UPDATE videos AS v SET
     status = 'done', error = NULL, duration_s = d.duration_s, chunk_count = d.n,
     asr_model = d.asr_model, embedding_model = d.embedding_model, timings = d.timings::jsonb,
-    done_at = now(), updated_at = now()
-FROM unnest($1::text[], $2::float8[], $3::integer[], $4::text[], $5::text[], $6::text[])
-     AS d(id, duration_s, n, asr_model, embedding_model, timings)
+    speaker_path = d.speaker_path, speaker_similarity = d.similarity,
+    speaker_spread = d.spread, speaker_reason = d.reason, done_at = now(), updated_at = now()
+FROM unnest($1::text[], $2::float8[], $3::integer[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::float8[], $9::float8[], $10::text[])
+     AS d(id, duration_s, n, asr_model, embedding_model, timings,
+          speaker_path, similarity, spread, reason)
 WHERE v.id = d.id
 """
 
@@ -59,6 +69,17 @@ class ChunkRow:
     speaker: str | None
     text: str
     embedding: npt.NDArray[np.float32]
+    speaker_confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerPath:
+    """How a video's speakers were found: `fast` (host matched), `full` (diarized) or `off`."""
+
+    path: str | None = None
+    similarity: float | None = None
+    spread: float | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +90,7 @@ class FinishedVideo:
     embedding_model: str
     chunks: Sequence[ChunkRow]
     timings: Mapping[str, float] = field(default_factory=dict)
+    speakers: SpeakerPath = SpeakerPath()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +103,16 @@ class WriteResult:
 
 async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> WriteResult:
     records = [
-        (v.video_id, c.seg_index, c.start_s, c.end_s, c.speaker, c.text, c.embedding)
+        (
+            v.video_id,
+            c.seg_index,
+            c.start_s,
+            c.end_s,
+            c.speaker,
+            c.speaker_confidence,
+            c.text,
+            c.embedding,
+        )
         for v in videos
         for c in v.chunks
     ]
@@ -101,6 +132,10 @@ async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVide
             [v.asr_model for v in videos],
             [v.embedding_model for v in videos],
             [json.dumps(dict(v.timings)) for v in videos],
+            [v.speakers.path for v in videos],
+            [v.speakers.similarity for v in videos],
+            [v.speakers.spread for v in videos],
+            [v.speakers.reason for v in videos],
         )
     return WriteResult(len(videos), len(records), written, deleted)
 

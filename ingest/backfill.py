@@ -21,6 +21,7 @@ from ingest.messages import VideoJob
 from ingest.models import load_models
 from ingest.pipeline import Pipeline, PipelineOptions
 from ingest.sources import ListedVideo, SourceError, list_source
+from ingest.speakers import load_profiles
 
 log = structlog.get_logger()
 
@@ -125,7 +126,9 @@ async def _process(
     jobs: list[VideoJob],
     display: Display | None,
 ) -> None:
-    models = await asyncio.to_thread(load_models, settings)
+    async with pool.acquire() as conn:
+        profiles = await load_profiles(conn, settings.voice_model)
+    models = await asyncio.to_thread(load_models, settings, profiles)
     async with pool.acquire() as conn:
         await ensure_embedding_model(conn, models.embedder.name, models.embedder.dimension)
     pipeline = Pipeline(

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from db.corpus import EmbeddingModelMismatch
+from db.speakers import ProfileModelMismatch
 from db.videos import status_summary
 from ingest.backfill import backfill as run_backfill
 from ingest.config import ConfigError, Device, LogFormat, LogLevel, Settings, load_settings
@@ -24,6 +25,9 @@ from ingest.models import ModelLoadError
 from ingest.pipeline import Pipeline
 from ingest.progress import live_progress, summary
 from ingest.search import search as run_search
+from ingest.speakers import EnrollError
+from ingest.speakers import enroll as run_enroll
+from ingest.speakers import profiles as run_profiles
 
 T = TypeVar("T")
 
@@ -37,7 +41,13 @@ out = Console()
 err = Console(stderr=True)
 
 # Errors a user fixes by changing the command or its settings: one line, exit status 2.
-USAGE_ERRORS = (ConfigError, ModelLoadError, DatabaseUnavailable, EmbeddingModelMismatch)
+USAGE_ERRORS = (
+    ConfigError,
+    ModelLoadError,
+    DatabaseUnavailable,
+    EmbeddingModelMismatch,
+    ProfileModelMismatch,
+)
 
 
 @app.callback()
@@ -197,6 +207,56 @@ def search(
         out.print(
             f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "
             f"{_clock(hit.start_s)}-{_clock(hit.end_s)}  {r.link}\n    {hit.text}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@app.command()
+def enroll(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The speaker's name, as search and labels show it.")],
+    sources: Annotated[list[str], typer.Argument(help="Audio files or URLs, one voice.")],
+    voice_model: Annotated[str | None, typer.Option(help="speechbrain hub id or folder.")] = None,
+) -> None:
+    """Build (or add to) the voice profile NAME from audio of that speaker alone.
+
+    Exit status: 0 stored, 1 an input was unusable (nothing stored), 2 usage or setup error.
+    """
+    with _usage_errors():
+        settings = _settings(ctx, voice_model=voice_model)
+        try:
+            result = _run(run_enroll(name, sources, settings))
+        except EnrollError as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    profile = result.profile
+    out.print(
+        f"{profile.name}: {result.added_windows} windows added, {profile.windows} in all",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command()
+def speakers(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the enrolled voice profiles."""
+    with _usage_errors():
+        settings = _settings(ctx)
+        stored = _run(run_profiles(settings))
+    rows = [
+        {"name": p.name, "windows": p.windows, "model": p.model, "updated_at": str(p.updated_at)}
+        for p in stored
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        out.print(
+            f"{row['name']}  {row['windows']} windows  {row['model']}  {row['updated_at']}",
             markup=False,
             highlight=False,
         )

@@ -6,6 +6,7 @@ over environment variables and `.env`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+DiarizationMode = Literal["auto", "always", "off"]
 
 GPU_ASR_MODEL = "distil-large-v3"
 CPU_ASR_MODEL = "base"
@@ -48,6 +50,18 @@ class Settings(BaseSettings):
     embed_batch: int = Field(default=1000, ge=1)
     embed_encode_batch: int = Field(default=32, ge=1)
     embed_flush_seconds: float = Field(default=2.0, gt=0)
+    voice_model: str = "speechbrain/spkrec-ecapa-voxceleb"
+    voice_batch_size: int = Field(default=32, ge=1)
+    diarization_model: str = "pyannote/speaker-diarization-3.1"
+    diarization: DiarizationMode = "auto"
+    hf_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("hf_token", "HF_TOKEN")
+    )
+    hosts: str = ""
+    fastpath_threshold: float = Field(default=0.6, ge=-1, le=1)
+    fastpath_windows: int = Field(default=6, ge=1)
+    speaker_match_threshold: float = Field(default=0.5, ge=-1, le=1)
+    telemetry: bool = False
     download_workers: int = Field(default=24, ge=1)
     download_socket_timeout: float = Field(default=30.0, gt=0)
     download_retries: int = Field(default=3, ge=0)
@@ -58,6 +72,14 @@ class Settings(BaseSettings):
     chunk_max_seconds: float = Field(default=90.0, gt=0)
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.hosts.split(",") if name.strip())
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def audio_dir(self) -> Path:
@@ -93,6 +115,14 @@ def cuda_device_count() -> int:
     import ctranslate2
 
     return int(ctranslate2.get_cuda_device_count())
+
+
+def apply_process_environment(settings: Settings) -> None:
+    """Environment that libraries read on import: pyannote sends usage metrics unless told not
+    to, and the service sends nothing unless its user opts in (INGEST_TELEMETRY, or pyannote's
+    own PYANNOTE_METRICS_ENABLED set explicitly)."""
+    if not settings.telemetry:
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from workers.chunking import Chunk
+from workers.speakers import Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class TranscribedVideo:
     chunks: tuple[Chunk, ...]
     asr_model: str
     timings: tuple[tuple[str, float], ...]
+    speakers: Decision
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ class Pipeline:
                     transcribe_stage(
                         self._audio[1],
                         self._texts[0],
-                        models=self.models.asr,
+                        workers=self.models.workers,
                         chunking=self.options.chunking,
                         ledger=self.ledger,
                     )

@@ -30,7 +30,9 @@ def link_to(hit: SearchHit) -> str:
     return f"{hit.url}#t={second}"
 
 
-async def search(query: str, settings: Settings, *, k: int) -> list[Result]:
+async def search(
+    query: str, settings: Settings, *, k: int, speaker: str | None = None
+) -> list[Result]:
     async with open_database(settings) as pool:
         async with pool.acquire() as conn:
             recorded = await recorded_embedding_model(conn)
@@ -44,5 +46,5 @@ async def search(query: str, settings: Settings, *, k: int) -> list[Result]:
         embedder = await asyncio.to_thread(load_embedder, settings)
         vector = (await asyncio.to_thread(embedder.encode, [query]))[0]
         async with pool.acquire() as conn:
-            hits = await search_chunks(conn, vector, k=k)
+            hits = await search_chunks(conn, vector, k=k, speaker=speaker)
     return [Result(hit, link_to(hit)) for hit in hits]

@@ -6,7 +6,7 @@ import asyncpg
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from db.sink import ChunkRow, FinishedVideo, write_finished
+from db.sink import ChunkRow, FinishedVideo, SpeakerPath, write_finished
 from ingest.embed import EmbeddedBatch
 from ingest.ledger import Ledger
 from ingest.messages import EmbeddedVideo
@@ -56,14 +56,21 @@ async def _write_alone(
 
 def _finished(video: EmbeddedVideo, embedding_model: str) -> FinishedVideo:
     transcript = video.video
+    decision = transcript.speakers
     return FinishedVideo(
         video_id=transcript.job.video_id,
         duration_s=transcript.duration_s,
         asr_model=transcript.asr_model,
         embedding_model=embedding_model,
         chunks=[
-            ChunkRow(c.seg_index, c.start_s, c.end_s, c.speaker, c.text, vector)
+            ChunkRow(c.seg_index, c.start_s, c.end_s, c.speaker, c.text, vector, c.confidence)
             for c, vector in zip(transcript.chunks, video.embeddings, strict=True)
         ],
         timings=dict(transcript.timings),
+        speakers=SpeakerPath(
+            path=decision.path,
+            similarity=decision.similarity,
+            spread=decision.spread,
+            reason=decision.reason,
+        ),
     )

@@ -1,40 +1,52 @@
-"""GPU stage: N workers, each with its own Whisper model, turning audio into search chunks."""
+"""GPU stage: N workers, each with its own models, turning audio into speaker-labelled chunks."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo
-from workers.asr import AsrModel, decode_audio, duration_s
+from ingest.models import GpuWorker
+from workers.asr import decode_audio, duration_s
 from workers.chunking import ChunkingOptions, chunk_segments
 
 log = structlog.get_logger()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StageError(Exception):
+    """A video's failure inside the GPU stage, naming the step that failed."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.step = step
 
 
 async def transcribe_stage(
     inbox: MemoryObjectReceiveStream[AudioFile],
     outbox: MemoryObjectSendStream[TranscribedVideo],
     *,
-    models: Sequence[AsrModel],
+    workers: Sequence[GpuWorker],
     chunking: ChunkingOptions,
     ledger: Ledger,
 ) -> None:
-    """One worker per loaded model; each decodes a video once and transcribes it in a thread."""
+    """One task per GPU worker; each decodes a video once, and every model reads that waveform."""
     async with inbox, outbox, asyncio.TaskGroup() as tg:
-        for model in models:
-            tg.create_task(_worker(inbox.clone(), outbox.clone(), model, chunking, ledger))
+        for models in workers:
+            tg.create_task(_worker(inbox.clone(), outbox.clone(), models, chunking, ledger))
 
 
 async def _worker(
     inbox: MemoryObjectReceiveStream[AudioFile],
     outbox: MemoryObjectSendStream[TranscribedVideo],
-    model: AsrModel,
+    models: GpuWorker,
     chunking: ChunkingOptions,
     ledger: Ledger,
 ) -> None:
@@ -43,34 +55,49 @@ async def _worker(
             with structlog.contextvars.bound_contextvars(
                 video_id=audio.job.video_id, stage="transcribe"
             ):
-                video = await _transcribe(audio, model, chunking, ledger)
-            if video is not None:
-                await outbox.send(video)
+                try:
+                    video = await _process(audio, models, chunking)
+                except StageError as exc:  # one video's failure never stops the others
+                    await ledger.failed(audio.job, exc.step, exc)
+                    continue
+                finally:
+                    if audio.owned:
+                        audio.path.unlink(missing_ok=True)
+            await outbox.send(video)
 
 
-async def _transcribe(
-    audio: AudioFile, model: AsrModel, chunking: ChunkingOptions, ledger: Ledger
-) -> TranscribedVideo | None:
+async def _timed(
+    step: str,
+    timings: list[tuple[str, float]],
+    func: Callable[P, R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Runs one blocking step in a thread, timing it and naming it if it fails."""
+    started = time.perf_counter()
     try:
-        started = time.perf_counter()
-        waveform = await asyncio.to_thread(decode_audio, audio.path)
-        decoded = time.perf_counter()
-        segments = await asyncio.to_thread(model.transcribe, waveform)
-        transcribed = time.perf_counter()
-    except Exception as exc:  # one video's failure never stops the others
-        await ledger.failed(audio.job, "transcribe", exc)
-        return None
-    finally:
-        if audio.owned:
-            audio.path.unlink(missing_ok=True)
+        result = await asyncio.to_thread(func, *args, **kwargs)
+    except Exception as exc:
+        raise StageError(step, exc) from exc
+    timings.append((step, time.perf_counter() - started))
+    return result
+
+
+async def _process(
+    audio: AudioFile, models: GpuWorker, chunking: ChunkingOptions
+) -> TranscribedVideo:
+    timings = [("download", audio.download_s)]
+    waveform = await _timed("decode", timings, decode_audio, audio.path)
+    decision = await _timed("speaker_check", timings, models.speakers.decide, waveform)
+    # Word timings are only needed to split segments at a change of speaker.
+    words = decision.path == "full"
+    segments = await _timed("transcribe", timings, models.asr.transcribe, waveform, words=words)
+    labelled = await _timed("diarize", timings, models.speakers.label, waveform, segments, decision)
     return TranscribedVideo(
         job=audio.job,
         duration_s=duration_s(waveform),
-        chunks=tuple(chunk_segments(segments, chunking)),
-        asr_model=model.options.model,
-        timings=(
-            ("download", audio.download_s),
-            ("decode", decoded - started),
-            ("asr", transcribed - decoded),
-        ),
+        chunks=tuple(chunk_segments(labelled, chunking)),
+        asr_model=models.asr.options.model,
+        timings=tuple(timings),
+        speakers=decision,
     )

@@ -21,6 +21,7 @@ from tests.speech import SENTENCES, speak
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
 
 
 @pytest.fixture
@@ -66,12 +67,19 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 class ModelPaths:
     asr: Path
     embedding: Path
+    voice: Path
+    diarization: Path
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> ModelPaths:
-    asr = standins.write_whisper(tmp_path_factory.mktemp("models") / "asr")
-    return ModelPaths(asr=asr, embedding=standins.minilm_path())
+    folder = tmp_path_factory.mktemp("models")
+    return ModelPaths(
+        asr=standins.write_whisper(folder / "asr"),
+        embedding=standins.minilm_path(),
+        voice=standins.write_voice(folder / "voice"),
+        diarization=standins.write_diarization(folder / "diarization"),
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ def ingest_env(database_url: str, models: ModelPaths, tmp_path: Path) -> dict[st
         "INGEST_DEVICE": "cpu",
         "INGEST_ASR_MODEL": str(models.asr),
         "INGEST_EMBEDDING_MODEL": str(models.embedding),
+        "INGEST_VOICE_MODEL": str(models.voice),
+        "INGEST_DIARIZATION_MODEL": str(models.diarization),
         "INGEST_DOWNLOAD_WORKERS": "4",
         "INGEST_EMBED_FLUSH_SECONDS": "0.5",
     }

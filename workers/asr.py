@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from workers.chunking import Segment
+from workers.chunking import Segment, Word
 
 SAMPLE_RATE = 16000
 
@@ -39,6 +39,14 @@ def duration_s(audio: Waveform) -> float:
     return len(audio) / SAMPLE_RATE
 
 
+def speech_regions(audio: Waveform) -> list[tuple[float, float]]:
+    """Where the voice-activity detector (Silero, shipped with faster-whisper) hears speech."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    stamps = get_speech_timestamps(audio, VadOptions(), sampling_rate=SAMPLE_RATE)
+    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+
+
 class AsrModel:
     """One loaded Whisper model; `BatchedInferencePipeline` when batch_size > 1, VAD always on."""
 
@@ -55,18 +63,30 @@ class AsrModel:
         )
         self._batched = BatchedInferencePipeline(self._model) if options.batch_size > 1 else None
 
-    def transcribe(self, audio: Waveform) -> list[Segment]:
-        """Segments in time order, clipped to the audio's duration."""
+    def transcribe(self, audio: Waveform, *, words: bool = False) -> list[Segment]:
+        """Segments in time order, clipped to the audio's duration; with `words`, each carries
+        its word timings (what splitting a segment at a change of speaker needs)."""
         if len(audio) == 0:
             return []
-        kwargs: dict[str, Any] = {"language": self.options.language, "vad_filter": True}
+        kwargs: dict[str, Any] = {
+            "language": self.options.language,
+            "vad_filter": True,
+            "word_timestamps": words,
+        }
         if self._batched is not None:
             raw, _ = self._batched.transcribe(audio, batch_size=self.options.batch_size, **kwargs)
         else:
             raw, _ = self._model.transcribe(audio, **kwargs)
         end = duration_s(audio)
         return [
-            Segment(start_s=min(s.start, end), end_s=min(s.end, end), text=s.text.strip())
+            Segment(
+                start_s=min(s.start, end),
+                end_s=min(s.end, end),
+                text=s.text.strip(),
+                words=tuple(
+                    Word(min(w.start, end), min(w.end, end), w.word) for w in s.words or ()
+                ),
+            )
             for s in raw
             if s.text.strip()
         ]

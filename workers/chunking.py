@@ -7,6 +7,13 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    start_s: float
+    end_s: float
+    text: str  # with its leading space, as Whisper writes it
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """A transcribed stretch of speech, in seconds from the start of the audio."""
 
@@ -14,6 +21,8 @@ class Segment:
     end_s: float
     text: str
     speaker: str | None = None
+    confidence: float | None = None  # of the speaker label, 0..1
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,7 @@ class Chunk:
     end_s: float
     text: str
     speaker: str | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,4 +76,14 @@ def _join(index: int, group: Sequence[Segment]) -> Chunk:
         end_s=max(s.end_s for s in group),
         text=" ".join(s.text.strip() for s in group),
         speaker=group[0].speaker,
+        confidence=_confidence(group),
     )
+
+
+def _confidence(group: Sequence[Segment]) -> float | None:
+    """The segments' confidences weighted by their durations."""
+    rated = [(s.confidence, max(s.end_s - s.start_s, 1e-3)) for s in group]
+    if any(c is None for c, _ in rated):
+        return None
+    total = sum(w for _, w in rated)
+    return sum((c or 0.0) * w for c, w in rated) / total
