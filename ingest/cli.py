@@ -190,6 +190,7 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
     k: Annotated[int, typer.Option("-k", min=1, help="How many chunks to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    speaker: Annotated[str | None, typer.Option(help="Only chunks of this speaker.")] = None,
     embedding_model: Annotated[
         str | None, typer.Option(help="The corpus's embedding model.")
     ] = None,
@@ -197,7 +198,7 @@ def search(
     """The chunks closest in meaning to QUERY, with a link to the second each starts."""
     with _usage_errors():
         settings = _settings(ctx, embedding_model=embedding_model)
-        results = _run(run_search(query, settings, k=k))
+        results = _run(run_search(query, settings, k=k, speaker=speaker))
     if as_json:
         out.print_json(json.dumps([r.as_json() for r in results]))
         return

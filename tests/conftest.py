@@ -16,7 +16,7 @@ from db.embedded import start_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from tests import standins
-from tests.speech import SENTENCES, speak
+from tests.speech import SENTENCES, dialogue, speak
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -86,7 +86,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> ModelPaths:
 class Speech:
     short: Path  # ~5 s, one voice
     medium: Path  # ~13 s, another voice
-    long: Path  # ~45 s: more than one 30 s Whisper window
+    long: Path  # ~52 s: more than one 30 s Whisper window
+    dialogue: Path  # two voices taking turns, two sentences each
+    host: Path  # the dialogue's first voice alone, other sentences: for enrolling
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +98,8 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
         short=speak(folder / "short.wav", SENTENCES[:1]),
         medium=speak(folder / "medium.wav", SENTENCES[1:4], voice="en-gb+f3", pitch=60),
         long=speak(folder / "long.wav", SENTENCES * 2, voice="en-gb-x-rp"),
+        dialogue=dialogue(folder / "dialogue.wav", SENTENCES, ("en-us+m3", 35), ("en-gb+f4", 75)),
+        host=speak(folder / "host.wav", SENTENCES[3:], voice="en-us+m3", pitch=35),
     )
 
 

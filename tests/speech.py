@@ -37,6 +37,19 @@ def speak(out: Path, sentences: Sequence[str], voice: str = "en-us", pitch: int 
     return out
 
 
+def dialogue(
+    out: Path, sentences: Sequence[str], first: tuple[str, int], second: tuple[str, int]
+) -> Path:
+    """Two voices (espeak voice, pitch) taking turns every two sentences."""
+    with tempfile.TemporaryDirectory(prefix="dialogue_") as tmp:
+        turns = [
+            speak(Path(tmp) / f"{i}.wav", sentences[i : i + 2], *(first if i % 4 == 0 else second))
+            for i in range(0, len(sentences), 2)
+        ]
+        _run("sox", *map(str, turns), str(out))
+    return out
+
+
 def wav_seconds(path: Path) -> float:
     with wave.open(str(path)) as w:
         return float(w.getnframes() / w.getframerate())

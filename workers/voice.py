@@ -69,7 +69,7 @@ class VoiceEncoder:
             except Exception as exc:
                 if not is_out_of_memory(exc) or self.batch_size == 1:
                     raise
-                self.batch_size = max(1, self.batch_size // 2)
+                self.batch_size = max(1, len(batch) // 2)
                 continue
             start += len(batch)
         if not rows:

@@ -1,0 +1,91 @@
+"""The GPU stage on real models: labels, and a failing diarization failing only its video."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from ingest.ledger import Ledger
+from ingest.messages import AudioFile, TranscribedVideo, VideoJob
+from ingest.models import GpuWorker
+from ingest.transcribe import transcribe_stage
+from tests.conftest import ModelPaths, Speech
+from workers.asr import AsrModel, AsrOptions, Waveform
+from workers.chunking import ChunkingOptions
+from workers.diarization import DiarizationOptions, Diarizer, Turn
+from workers.speakers import SpeakerAttributor, SpeakerOptions
+
+pytestmark = pytest.mark.anyio
+
+
+class CrashesOnLongAudio(Diarizer):
+    def diarize(self, audio: Waveform) -> list[Turn]:
+        if len(audio) > 30 * 16000:
+            raise RuntimeError("diarization crashed")
+        return super().diarize(audio)
+
+
+@pytest.fixture(scope="module")
+def asr(models: ModelPaths) -> AsrModel:
+    return AsrModel(AsrOptions(str(models.asr), batch_size=4))
+
+
+async def run_stage(
+    files: list[AudioFile], worker: GpuWorker, ledger: Ledger
+) -> list[TranscribedVideo]:
+    send, receive = anyio.create_memory_object_stream[AudioFile](len(files))
+    out_send, out_receive = anyio.create_memory_object_stream[TranscribedVideo](len(files))
+    async with out_receive:
+        async with send:
+            for f in files:
+                await send.send(f)
+        options = ChunkingOptions(target_chars=20, max_seconds=20)
+        await transcribe_stage(receive, out_send, workers=[worker], chunking=options, ledger=ledger)
+        return [video async for video in out_receive]
+
+
+async def test_a_failing_diarization_fails_only_its_video(
+    tmp_path: Path, speech: Speech, models: ModelPaths, asr: AsrModel, pool: asyncpg.Pool
+) -> None:
+    files = []
+    for name, source in (("long", speech.long), ("short", speech.short)):
+        shutil.copy(source, tmp_path / f"{name}.wav")
+        files.append(AudioFile(VideoJob(name, name), tmp_path / f"{name}.wav", True, 0.0))
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO videos (id, url) VALUES ($1, $1)", [("long",), ("short",)]
+        )
+    diarizer = CrashesOnLongAudio(DiarizationOptions(str(models.diarization)))
+    worker = GpuWorker(asr, SpeakerAttributor(SpeakerOptions(mode="always"), None, diarizer, []))
+    ledger = Ledger(pool, total=2)
+
+    (video,) = await run_stage(files, worker, ledger)
+
+    assert video.job.video_id == "short"
+    assert video.chunks and all(c.speaker == "SPEAKER_00" for c in video.chunks)
+    assert all(0.0 <= (c.confidence or 0.0) <= 1.0 for c in video.chunks)
+    assert [name for name, _ in video.timings] == [
+        "download", "decode", "speaker_check", "transcribe", "diarize"
+    ]  # fmt: skip
+    assert ledger.failures == [("long", "diarize: diarization crashed")]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT error FROM videos WHERE id = 'long'") == (
+            "diarize: diarization crashed"
+        )
+    assert not any(f.path.exists() for f in files)  # downloaded audio is removed either way
+
+
+async def test_no_speakers_when_diarization_is_off(
+    tmp_path: Path, speech: Speech, asr: AsrModel, pool: asyncpg.Pool
+) -> None:
+    shutil.copy(speech.medium, tmp_path / "m.wav")
+    audio = AudioFile(VideoJob("m", "m"), tmp_path / "m.wav", owned=False, download_s=0.0)
+    worker = GpuWorker(asr, SpeakerAttributor(SpeakerOptions(mode="off"), None, None, []))
+    (video,) = await run_stage([audio], worker, Ledger(pool, total=1))
+    assert video.speakers.path == "off"
+    assert video.chunks and all(c.speaker is None for c in video.chunks)
+    assert audio.path.exists()  # a user's own file is kept
