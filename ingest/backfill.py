@@ -19,6 +19,7 @@ from ingest.database import open_database
 from ingest.ledger import Ledger, describe_error
 from ingest.messages import VideoJob
 from ingest.models import load_models
+from ingest.observe import observed
 from ingest.pipeline import Pipeline, PipelineOptions
 from ingest.sources import ListedVideo, SourceError, list_source
 from ingest.speakers import load_profiles
@@ -62,14 +63,14 @@ async def backfill(
     display: Display | None = None,
 ) -> BackfillResult:
     started = time.perf_counter()
-    async with open_database(settings) as pool:
+    async with open_database(settings) as pool, observed(settings, pool) as metrics:
         listed, source_failures = await discover(sources, settings, pool)
         async with pool.acquire() as conn:
             ids = await videos.select_to_process(
                 conn, [v.record.id for v in listed], limit=limit, reprocess=reprocess
             )
         jobs_by_id = {v.record.id: v.job for v in listed}
-        ledger = Ledger(pool, total=len(ids))
+        ledger = Ledger(pool, total=len(ids), metrics=metrics)
         if ids:
             await _process(pool, settings, ledger, [jobs_by_id[i] for i in ids], display)
         async with pool.acquire() as conn:
@@ -129,6 +130,13 @@ async def _process(
     async with pool.acquire() as conn:
         profiles = await load_profiles(conn, settings.voice_model)
     models = await asyncio.to_thread(load_models, settings, profiles)
+    ledger.metrics.describe_models(
+        asr_model=settings.resolved_asr_model(),
+        embedding_model=settings.embedding_model,
+        voice_model=settings.voice_model,
+        diarization_model=settings.diarization_model,
+        device=settings.resolved_device(),
+    )
     async with pool.acquire() as conn:
         await ensure_embedding_model(conn, models.embedder.name, models.embedder.dimension)
     pipeline = Pipeline(

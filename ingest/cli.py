@@ -74,9 +74,19 @@ def _global_options(
 def _usage_errors() -> Iterator[None]:
     try:
         yield
-    except USAGE_ERRORS as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    except Exception as exc:
+        cause = _alone(exc)
+        if not isinstance(cause, USAGE_ERRORS):
+            raise
+        err.print(f"error: {cause}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _alone(exc: BaseException) -> BaseException:
+    """The one error inside task groups' exception groups, if there is just one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _settings(ctx: typer.Context, **overrides: Any) -> Settings:

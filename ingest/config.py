@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INGEST_",
         env_file=".env",
-        env_ignore_empty=True,
         extra="ignore",
         frozen=True,
         populate_by_name=True,
@@ -70,8 +69,19 @@ class Settings(BaseSettings):
     sink_queue_size: int = Field(default=2, ge=1)
     chunk_chars: int = Field(default=800, ge=50)
     chunk_max_seconds: float = Field(default=90.0, gt=0)
+    metrics_addr: str = "127.0.0.1:9108"
+    metrics_sample_seconds: float = Field(default=2.0, gt=0)
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
+
+    @field_validator(
+        "database_url", "asr_model", "asr_workers", "asr_language", "hf_token", mode="before"
+    )
+    @classmethod
+    def _empty_means_unset(cls, value: Any) -> Any:
+        # `.env.example` lists optional settings as `NAME=`; an empty INGEST_METRICS_ADDR, by
+        # contrast, is a value (it disables the endpoints).
+        return None if value == "" else value
 
     @property
     def host_names(self) -> tuple[str, ...]:

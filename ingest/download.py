@@ -149,7 +149,10 @@ async def _worker(
 ) -> None:
     async with inbox, outbox:
         async for job in inbox:
-            with structlog.contextvars.bound_contextvars(video_id=job.video_id, stage="download"):
+            with (
+                structlog.contextvars.bound_contextvars(video_id=job.video_id, stage="download"),
+                ledger.metrics.in_flight.labels("download").track_inprogress(),
+            ):
                 audio = await _fetch(job, downloader, ledger)
             if audio is not None:
                 await outbox.send(audio)
@@ -166,5 +169,8 @@ async def _fetch(job: VideoJob, downloader: Downloader, ledger: Ledger) -> Audio
     except Exception as exc:  # one video's failure never stops the others
         await ledger.failed(job, "download", exc)
         return None
+    elapsed = time.perf_counter() - started
     log.debug("downloaded", path=str(path))
-    return AudioFile(job, path, owned=True, download_s=time.perf_counter() - started)
+    ledger.metrics.latency.labels("download").observe(elapsed)
+    ledger.metrics.items.labels("download", "ok").inc()
+    return AudioFile(job, path, owned=True, download_s=elapsed)

@@ -97,12 +97,21 @@ async def _flush(
     ledger: Ledger,
 ) -> None:
     texts = [chunk.text for video in videos for chunk in video.chunks]
+    metrics = ledger.metrics
+    in_flight = metrics.in_flight.labels("embed")
+    started = time.perf_counter()
+    in_flight.inc(len(videos))
     try:
         vectors = await asyncio.to_thread(embedder.encode, texts)
     except Exception as exc:  # the batch is the item here: its videos fail, later ones go on
         for video in videos:
             await ledger.failed(video.job, "embed", exc)
         return
+    finally:
+        in_flight.dec(len(videos))
+    metrics.latency.labels("embed").observe(time.perf_counter() - started)
+    metrics.embed_batch.observe(len(texts))
+    metrics.items.labels("embed", "ok").inc(len(videos))
     log.debug("embedded", videos=len(videos), chunks=len(texts))
     batch: list[EmbeddedVideo] = []
     offset = 0

@@ -11,6 +11,7 @@ import structlog
 
 from db import videos
 from ingest.messages import TranscribedVideo, VideoJob
+from ingest.metrics import Metrics, error_kind
 
 log = structlog.get_logger()
 
@@ -38,9 +39,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool, total: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, total: int, metrics: Metrics | None = None) -> None:
         self._pool = pool
         self.counters = RunCounters(total=total)
+        self.metrics = metrics or Metrics()
         self.failures: list[tuple[str, str]] = []  # (video id, error), in order of failure
 
     async def started(self, job: VideoJob) -> None:
@@ -50,6 +52,8 @@ class Ledger:
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
         log.error("video_failed", video_id=job.video_id, stage=stage, error=error)
+        self.metrics.items.labels(stage, "failed").inc()
+        self.metrics.failures.labels(stage, error_kind(exc)).inc()
         async with self._pool.acquire() as conn:
             await videos.mark_failed(conn, job.video_id, error)
         self.counters.failed += 1
@@ -66,4 +70,6 @@ class Ledger:
             )
             self.counters.done += 1
             self.counters.audio_seconds += video.duration_s
+            self.metrics.audio.inc(video.duration_s)
+            self.metrics.speaker_paths.labels(video.speakers.path).inc()
             self.counters.chunks += len(video.chunks)

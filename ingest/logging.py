@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
 
 import structlog
@@ -26,6 +28,22 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_SECRET_KEYS = ("password", "token", "secret")
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Masks passwords in URLs anywhere in an event, and values of secret-looking keys."""
+    for key, value in event.items():
+        if any(word in key.lower() for word in _SECRET_KEYS):
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = _PASSWORD_IN_URL.sub(r"\1***@", value)
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """JSON lines when stderr is not a terminal (or `fmt == "json"`), readable lines otherwise."""
     # Model loaders draw tqdm bars on stderr; our own log and progress display say enough.
@@ -43,6 +61,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

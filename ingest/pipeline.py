@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import asyncpg
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.config import Settings
 from ingest.download import Downloader, DownloadOptions, download_stage
@@ -58,15 +60,23 @@ class Pipeline:
         self._audio = anyio.create_memory_object_stream[AudioFile](options.audio_queue)
         self._texts = anyio.create_memory_object_stream[TranscribedVideo](options.transcript_queue)
         self._batches = anyio.create_memory_object_stream[EmbeddedBatch](options.sink_queue)
+        for name, (_, receive) in self._streams().items():
+            ledger.metrics.watch_queue(
+                name,
+                functools.partial(_depth, receive),
+                int(receive.statistics().max_buffer_size),
+            )
 
-    def depths(self) -> dict[str, int]:
-        streams = {
+    def _streams(self) -> dict[str, tuple[Any, MemoryObjectReceiveStream[Any]]]:
+        return {
             "jobs": self._jobs,
             "audio": self._audio,
             "transcripts": self._texts,
             "batches": self._batches,
         }
-        return {name: rx.statistics().current_buffer_used for name, (_, rx) in streams.items()}
+
+    def depths(self) -> dict[str, int]:
+        return {name: _depth(receive) for name, (_, receive) in self._streams().items()}
 
     async def run(self, jobs: Iterable[VideoJob]) -> None:
         """Returns once every job is done or failed; any stage crashing cancels the others."""
@@ -107,6 +117,10 @@ class Pipeline:
                 )
         finally:
             await asyncio.shield(asyncio.to_thread(downloader.close))
+
+
+def _depth(stream: MemoryObjectReceiveStream[Any]) -> int:
+    return stream.statistics().current_buffer_used
 
 
 async def _feed(jobs: Iterable[VideoJob], outbox: MemoryObjectSendStream[VideoJob]) -> None:

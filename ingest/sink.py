@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -30,15 +32,22 @@ async def _write(
     batch: EmbeddedBatch, pool: asyncpg.Pool, embedding_model: str, ledger: Ledger
 ) -> None:
     finished = [_finished(video, embedding_model) for video in batch]
+    metrics = ledger.metrics
+    started = time.perf_counter()
     try:
         async with pool.acquire() as conn:
-            result = await write_finished(conn, finished)
+            with metrics.in_flight.labels("store").track_inprogress():
+                result = await write_finished(conn, finished)
     except asyncpg.DataError:
         # Some video's content was refused: write them one by one so only that one fails.
         for video in batch:
             await _write_alone(video, pool, embedding_model, ledger)
         return
     log.debug("flushed", videos=result.videos, chunks=result.chunks, written=result.rows_written)
+    metrics.flush_latency.observe(time.perf_counter() - started)
+    metrics.flush_rows.inc(result.chunks)
+    metrics.chunks.inc(result.chunks)
+    metrics.items.labels("store", "ok").inc(result.videos)
     ledger.done([video.video for video in batch])
 
 
@@ -47,10 +56,12 @@ async def _write_alone(
 ) -> None:
     try:
         async with pool.acquire() as conn:
-            await write_finished(conn, [_finished(video, embedding_model)])
+            result = await write_finished(conn, [_finished(video, embedding_model)])
     except asyncpg.DataError as exc:
         await ledger.failed(video.video.job, "store", exc)
         return
+    ledger.metrics.chunks.inc(result.chunks)
+    ledger.metrics.items.labels("store", "ok").inc()
     ledger.done([video.video])
 
 

@@ -12,6 +12,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo
+from ingest.metrics import Metrics
 from ingest.models import GpuWorker
 from workers.asr import decode_audio, duration_s
 from workers.chunking import ChunkingOptions, chunk_segments
@@ -52,11 +53,14 @@ async def _worker(
 ) -> None:
     async with inbox, outbox:
         async for audio in inbox:
-            with structlog.contextvars.bound_contextvars(
-                video_id=audio.job.video_id, stage="transcribe"
+            with (
+                structlog.contextvars.bound_contextvars(
+                    video_id=audio.job.video_id, stage="transcribe"
+                ),
+                ledger.metrics.in_flight.labels("transcribe").track_inprogress(),
             ):
                 try:
-                    video = await _process(audio, models, chunking)
+                    video = await _process(audio, models, chunking, ledger.metrics)
                 except StageError as exc:  # one video's failure never stops the others
                     await ledger.failed(audio.job, exc.step, exc)
                     continue
@@ -69,6 +73,7 @@ async def _worker(
 async def _timed(
     step: str,
     timings: list[tuple[str, float]],
+    metrics: Metrics,
     func: Callable[P, R],
     *args: P.args,
     **kwargs: P.kwargs,
@@ -79,20 +84,27 @@ async def _timed(
         result = await asyncio.to_thread(func, *args, **kwargs)
     except Exception as exc:
         raise StageError(step, exc) from exc
-    timings.append((step, time.perf_counter() - started))
+    elapsed = time.perf_counter() - started
+    timings.append((step, elapsed))
+    metrics.latency.labels(step).observe(elapsed)
+    metrics.items.labels(step, "ok").inc()
     return result
 
 
 async def _process(
-    audio: AudioFile, models: GpuWorker, chunking: ChunkingOptions
+    audio: AudioFile, models: GpuWorker, chunking: ChunkingOptions, metrics: Metrics
 ) -> TranscribedVideo:
     timings = [("download", audio.download_s)]
-    waveform = await _timed("decode", timings, decode_audio, audio.path)
-    decision = await _timed("speaker_check", timings, models.speakers.decide, waveform)
+    waveform = await _timed("decode", timings, metrics, decode_audio, audio.path)
+    decision = await _timed("speaker_check", timings, metrics, models.speakers.decide, waveform)
     # Word timings are only needed to split segments at a change of speaker.
     words = decision.path == "full"
-    segments = await _timed("transcribe", timings, models.asr.transcribe, waveform, words=words)
-    labelled = await _timed("diarize", timings, models.speakers.label, waveform, segments, decision)
+    segments = await _timed(
+        "transcribe", timings, metrics, models.asr.transcribe, waveform, words=words
+    )
+    labelled = await _timed(
+        "diarize", timings, metrics, models.speakers.label, waveform, segments, decision
+    )
     return TranscribedVideo(
         job=audio.job,
         duration_s=duration_s(waveform),

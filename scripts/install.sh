@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything ingest needs on a Debian/Ubuntu machine: system packages (ffmpeg for audio,
-# espeak-ng and sox for the test suite's synthetic speech) and the Python environment in .venv.
+# Installs everything ingest needs on a Debian/Ubuntu machine: system packages (ffmpeg for audio;
+# for the test suite espeak-ng and sox for synthetic speech, prometheus to check the dashboard's
+# queries, docker-compose to validate the compose file) and the Python environment in .venv.
 # With an NVIDIA driver present the normal CUDA wheels are installed; otherwise a CPU-only stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,12 +10,15 @@ PYTHON=${PYTHON:-python3}
 
 install_system_packages() {
     local missing=()
-    for cmd in ffmpeg espeak-ng sox; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
+    for cmd in ffmpeg espeak-ng sox prometheus docker-compose; do
+        command -v "$cmd" >/dev/null || missing+=("$cmd")
+    done
     [ ${#missing[@]} -eq 0 ] && return
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 }
 
 install_gpu_stack() {

@@ -117,5 +117,7 @@ def ingest_env(database_url: str, models: ModelPaths, tmp_path: Path) -> dict[st
         "INGEST_DIARIZATION_MODEL": str(models.diarization),
         "INGEST_DOWNLOAD_WORKERS": "4",
         "INGEST_EMBED_FLUSH_SECONDS": "0.5",
+        "INGEST_METRICS_ADDR": "",
+        "INGEST_METRICS_SAMPLE_SECONDS": "0.5",
     }
     return env
