@@ -21,3 +21,12 @@ def start_embedded(pgdata: Path) -> str:
     server = get_server(pgdata.resolve(), cleanup_mode="stop")
     uri: str = server.get_uri()
     return uri
+
+
+def stop_embedded(pgdata: Path) -> None:
+    """Stops the server on `pgdata` if this process holds its last handle."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
+
+    get_server(pgdata.resolve()).cleanup()

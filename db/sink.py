@@ -52,7 +52,8 @@ UPDATE videos AS v SET
     status = 'done', error = NULL, duration_s = d.duration_s, chunk_count = d.n,
     asr_model = d.asr_model, embedding_model = d.embedding_model, timings = d.timings::jsonb,
     speaker_path = d.speaker_path, speaker_similarity = d.similarity,
-    speaker_spread = d.spread, speaker_reason = d.reason, done_at = now(), updated_at = now()
+    speaker_spread = d.spread, speaker_reason = d.reason, lease_owner = NULL,
+    lease_expires_at = NULL, done_at = now(), updated_at = now()
 FROM unnest($1::text[], $2::float8[], $3::integer[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::float8[], $9::float8[], $10::text[])
      AS d(id, duration_s, n, asr_model, embedding_model, timings,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-STATUSES = ("discovered", "processing", "done", "failed")
+STATUSES = ("discovered", "processing", "done", "failed", "skipped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class DiscoveredVideo:
     extractor: str | None = None
     published_at: datetime | None = None
     duration_s: float | None = None
+    live_status: str | None = None  # yt-dlp's: is_live, is_upcoming, was_live, not_live, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,60 +41,70 @@ class StatusSummary:
 
 
 async def record_discovered(conn: asyncpg.Connection, videos: Sequence[DiscoveredVideo]) -> None:
-    """Adds new videos as `discovered`; refreshes metadata of known ones, keeping their status."""
+    """Adds new videos as `discovered` (live and upcoming streams as `skipped`, with the reason);
+    refreshes metadata of known ones, keeping their status, except that a skipped stream that
+    has ended becomes `discovered`."""
     await conn.executemany(
         """
-        INSERT INTO videos AS v (id, url, title, channel, extractor, published_at, duration_s)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO videos AS v
+            (id, url, title, channel, extractor, published_at, duration_s, live_status,
+             status, error)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                CASE WHEN $8 IN ('is_live', 'is_upcoming') THEN 'skipped' ELSE 'discovered' END,
+                CASE WHEN $8 IN ('is_live', 'is_upcoming') THEN 'skipped: ' || $8 END)
         ON CONFLICT (id) DO UPDATE SET
             url = EXCLUDED.url,
             title = COALESCE(EXCLUDED.title, v.title),
             channel = COALESCE(EXCLUDED.channel, v.channel),
             extractor = COALESCE(EXCLUDED.extractor, v.extractor),
             published_at = COALESCE(EXCLUDED.published_at, v.published_at),
+            live_status = EXCLUDED.live_status,
+            status = CASE
+                WHEN v.status = 'skipped' AND EXCLUDED.status = 'discovered' THEN 'discovered'
+                WHEN v.status = 'discovered' AND EXCLUDED.status = 'skipped' THEN 'skipped'
+                ELSE v.status END,
+            error = CASE
+                WHEN v.status = 'skipped' AND EXCLUDED.status = 'discovered' THEN NULL
+                WHEN v.status = 'discovered' AND EXCLUDED.status = 'skipped' THEN EXCLUDED.error
+                ELSE v.error END,
             updated_at = now()
-        WHERE (v.url, v.title, v.channel, v.extractor, v.published_at)
+        WHERE (v.url, v.title, v.channel, v.extractor, v.published_at, v.live_status)
               IS DISTINCT FROM (EXCLUDED.url, COALESCE(EXCLUDED.title, v.title),
                                 COALESCE(EXCLUDED.channel, v.channel),
                                 COALESCE(EXCLUDED.extractor, v.extractor),
-                                COALESCE(EXCLUDED.published_at, v.published_at))
+                                COALESCE(EXCLUDED.published_at, v.published_at),
+                                EXCLUDED.live_status)
         """,
         [
-            (v.id, v.url, v.title, v.channel, v.extractor, v.published_at, v.duration_s)
+            (
+                v.id,
+                v.url,
+                v.title,
+                v.channel,
+                v.extractor,
+                v.published_at,
+                v.duration_s,
+                v.live_status,
+            )
             for v in videos
         ],
     )
 
 
-async def select_to_process(
-    conn: asyncpg.Connection, ids: Sequence[str], *, limit: int | None, reprocess: bool
-) -> list[str]:
-    """The given videos that still need work (all of them with `reprocess`), in the given order."""
-    rows = await conn.fetch(
-        """
-        SELECT id FROM videos
-        WHERE id = ANY($1::text[]) AND ($2 OR status <> 'done')
-        ORDER BY array_position($1::text[], id)
-        LIMIT $3
-        """,
-        list(ids),
-        reprocess,
-        limit,
-    )
-    return [r["id"] for r in rows]
-
-
-async def mark_processing(conn: asyncpg.Connection, video_id: str) -> None:
+async def mark_skipped(conn: asyncpg.Connection, video_id: str, reason: str) -> None:
     await conn.execute(
-        "UPDATE videos SET status = 'processing', attempts = attempts + 1, error = NULL,"
-        " updated_at = now() WHERE id = $1",
+        "UPDATE videos SET status = 'skipped', error = $2, lease_owner = NULL,"
+        " lease_expires_at = NULL, attempts = greatest(attempts - 1, 0), updated_at = now()"
+        " WHERE id = $1",
         video_id,
+        f"skipped: {reason}",
     )
 
 
 async def mark_failed(conn: asyncpg.Connection, video_id: str, error: str) -> None:
     await conn.execute(
-        "UPDATE videos SET status = 'failed', error = $2, updated_at = now() WHERE id = $1",
+        "UPDATE videos SET status = 'failed', error = $2, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = now() WHERE id = $1",
         video_id,
         error,
     )

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 
 from db import videos
-from db.corpus import ensure_embedding_model, ensure_search_index
+from db.corpus import ensure_search_index
+from db.leases import ClaimRules
+from ingest.claims import Claims, new_owner
 from ingest.config import Settings
 from ingest.database import open_database
 from ingest.ledger import Ledger, describe_error
-from ingest.messages import VideoJob
-from ingest.models import load_models
+from ingest.metrics import Metrics
 from ingest.observe import observed
-from ingest.pipeline import Pipeline, PipelineOptions
+from ingest.retry import Database
+from ingest.runner import Display, Session, run_jobs
+from ingest.shutdown import Shutdown
 from ingest.sources import ListedVideo, SourceError, list_source
-from ingest.speakers import load_profiles
 
 log = structlog.get_logger()
 
@@ -38,6 +39,9 @@ class BackfillResult:
     total: int
     done: int
     failed: int
+    skipped: int
+    handed_back: int
+    stopped: bool  # by a signal, before the end
     audio_seconds: float
     chunks: int
     elapsed_s: float
@@ -46,12 +50,20 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every selected video is done and every source listed, else 1."""
-        return 0 if self.done == self.total and not self.source_failures else 1
+        """1 when a video or a source failed; a graceful stop is not a failure."""
+        return 1 if self.failed or self.source_failures else 0
 
 
-class Display(Protocol):
-    def __call__(self, ledger: Ledger, pipeline: Pipeline) -> AbstractContextManager[object]: ...
+@asynccontextmanager
+async def session(
+    settings: Settings, rules: ClaimRules, shutdown: Shutdown
+) -> AsyncIterator[tuple[Session, Metrics]]:
+    """The database with the schema up to date, metrics served, a lease owner for this process."""
+    async with open_database(settings) as pool, observed(settings, pool) as metrics:
+        db = Database(pool, settings.db_outage_seconds)
+        claims = Claims(db, new_owner(), rules)
+        await claims.take_over_dead()
+        yield Session(settings, db, claims, shutdown), metrics
 
 
 async def backfill(
@@ -60,28 +72,37 @@ async def backfill(
     *,
     limit: int | None = None,
     reprocess: bool = False,
+    retry_failed: bool = False,
     display: Display | None = None,
+    shutdown: Shutdown | None = None,
 ) -> BackfillResult:
-    started = time.perf_counter()
-    async with open_database(settings) as pool, observed(settings, pool) as metrics:
-        listed, source_failures = await discover(sources, settings, pool)
-        async with pool.acquire() as conn:
-            ids = await videos.select_to_process(
-                conn, [v.record.id for v in listed], limit=limit, reprocess=reprocess
-            )
-        jobs_by_id = {v.record.id: v.job for v in listed}
-        ledger = Ledger(pool, total=len(ids), metrics=metrics)
-        if ids:
-            await _process(pool, settings, ledger, [jobs_by_id[i] for i in ids], display)
-        async with pool.acquire() as conn:
-            await ensure_search_index(conn)
-    counters = ledger.counters
+    started, now = time.perf_counter(), datetime.now(UTC)
+    shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
+    rules = ClaimRules(
+        ttl_s=settings.lease_seconds,
+        retry_failed_before=now if retry_failed else None,
+        reprocess_done_before=now if reprocess else None,
+    )
+    async with session(settings, rules, shutdown) as (run, metrics):
+        listed, source_failures = await discover(sources, settings, run.db)
+        jobs = {v.record.id: v.job for v in listed}
+        total = await run.claims.count(list(jobs))
+        ledger = Ledger(run.db, min(total, limit or total), metrics, run.claims.owner)
+        if total:
+            feed = run.claims.jobs(jobs, shutdown.requested, limit)
+            await run_jobs(run, ledger, feed, display)
+        if not shutdown.requested.is_set():
+            await run.db.run(ensure_search_index)
+    c = ledger.counters
     return BackfillResult(
-        total=counters.total,
-        done=counters.done,
-        failed=counters.failed,
-        audio_seconds=counters.audio_seconds,
-        chunks=counters.chunks,
+        total=c.total,
+        done=c.done,
+        failed=c.failed,
+        skipped=c.skipped,
+        handed_back=c.handed_back,
+        stopped=shutdown.requested.is_set(),
+        audio_seconds=c.audio_seconds,
+        chunks=c.chunks,
         elapsed_s=time.perf_counter() - started,
         failures=tuple(ledger.failures),
         source_failures=tuple(source_failures),
@@ -89,7 +110,7 @@ async def backfill(
 
 
 async def discover(
-    sources: Sequence[str], settings: Settings, pool: asyncpg.Pool
+    sources: Sequence[str], settings: Settings, db: Database
 ) -> tuple[list[ListedVideo], list[SourceFailure]]:
     """Lists every source (concurrently) and records its videos; a failing source is reported."""
     results = await asyncio.gather(
@@ -104,8 +125,8 @@ async def discover(
         for video in result:
             listed.setdefault(video.record.id, video)
         log.info("source_listed", source=source, videos=len(result))
-    async with pool.acquire() as conn:
-        await videos.record_discovered(conn, [v.record for v in listed.values()])
+    records = [v.record for v in listed.values()]
+    await db.run(lambda conn: videos.record_discovered(conn, records))
     return list(listed.values()), failures
 
 
@@ -118,29 +139,3 @@ async def _list(source: str, socket_timeout: float) -> list[ListedVideo] | Sourc
     except Exception as exc:  # one bad source never stops the others
         log.error("source_failed", source=source, error=describe_error(exc))
         return SourceFailure(source, f"{source}: {describe_error(exc)}")
-
-
-async def _process(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    ledger: Ledger,
-    jobs: list[VideoJob],
-    display: Display | None,
-) -> None:
-    async with pool.acquire() as conn:
-        profiles = await load_profiles(conn, settings.voice_model)
-    models = await asyncio.to_thread(load_models, settings, profiles)
-    ledger.metrics.describe_models(
-        asr_model=settings.resolved_asr_model(),
-        embedding_model=settings.embedding_model,
-        voice_model=settings.voice_model,
-        diarization_model=settings.diarization_model,
-        device=settings.resolved_device(),
-    )
-    async with pool.acquire() as conn:
-        await ensure_embedding_model(conn, models.embedder.name, models.embedder.dimension)
-    pipeline = Pipeline(
-        PipelineOptions.from_settings(settings), pool=pool, models=models, ledger=ledger
-    )
-    with display(ledger, pipeline) if display else nullcontext():
-        await pipeline.run(jobs)

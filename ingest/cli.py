@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +18,8 @@ from db.speakers import ProfileModelMismatch
 from db.videos import status_summary
 from ingest.backfill import backfill as run_backfill
 from ingest.config import ConfigError, Device, LogFormat, LogLevel, Settings, load_settings
+from ingest.daemon import daemon as run_daemon
+from ingest.daemon import parse_interval
 from ingest.database import DatabaseUnavailable, open_database
 from ingest.ledger import Ledger
 from ingest.logging import configure_logging
@@ -25,6 +27,7 @@ from ingest.models import ModelLoadError
 from ingest.pipeline import Pipeline
 from ingest.progress import live_progress, summary
 from ingest.search import search as run_search
+from ingest.shutdown import Shutdown
 from ingest.speakers import EnrollError
 from ingest.speakers import enroll as run_enroll
 from ingest.speakers import profiles as run_profiles
@@ -111,6 +114,7 @@ def backfill(
     reprocess: Annotated[
         bool, typer.Option(help="Redo videos already done, replacing their chunks.")
     ] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Try failed videos again.")] = False,
     asr_model: Annotated[
         str | None, typer.Option(help="Whisper size, hub id or local folder.")
     ] = None,
@@ -143,10 +147,63 @@ def backfill(
             return live_progress(ledger, pipeline, err)
 
         result = _run(
-            run_backfill(sources, settings, limit=limit, reprocess=reprocess, display=display)
+            _with_signals(
+                settings,
+                lambda shutdown: run_backfill(
+                    sources,
+                    settings,
+                    limit=limit,
+                    reprocess=reprocess,
+                    retry_failed=retry_failed,
+                    display=display,
+                    shutdown=shutdown,
+                ),
+            )
         )
     out.print(summary(result), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def daemon(
+    ctx: typer.Context,
+    sources: Annotated[list[str], typer.Argument(help="Channels, playlists, feeds, folders.")],
+    poll_interval: Annotated[str, typer.Option(help="Between listings: 90s, 15m, 1h.")] = "15m",
+    retry_failed: Annotated[bool, typer.Option(help="Try failed videos again (once).")] = False,
+    asr_model: Annotated[str | None, typer.Option(help="Whisper size, hub id or folder.")] = None,
+    embedding_model: Annotated[str | None, typer.Option(help="Embedding hub id or folder.")] = None,
+) -> None:
+    """Follow the sources: ingest new videos as they appear, until SIGTERM or SIGINT.
+
+    On the first signal it stops taking new videos, lets in-flight work finish (or hands it
+    back) within INGEST_SHUTDOWN_GRACE_SECONDS and exits 0; a second signal stops at once.
+    """
+    with _usage_errors():
+        interval = parse_interval(poll_interval)
+        settings = _settings(ctx, asr_model=asr_model, embedding_model=embedding_model)
+        ledger = _run(
+            _with_signals(
+                settings,
+                lambda shutdown: run_daemon(
+                    sources,
+                    settings,
+                    poll_interval_s=interval,
+                    retry_failed=retry_failed,
+                    shutdown=shutdown,
+                ),
+            )
+        )
+    c = ledger.counters
+    out.print(f"stopped: {c.done} done, {c.failed} failed, {c.handed_back} handed back")
+
+
+async def _with_signals(settings: Settings, start: Callable[[Shutdown], Awaitable[T]]) -> T:
+    shutdown = Shutdown(settings.shutdown_grace_seconds)
+    shutdown.install()
+    try:
+        return await start(shutdown)
+    finally:
+        shutdown.uninstall()
 
 
 @app.command()

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     fastpath_windows: int = Field(default=6, ge=1)
     speaker_match_threshold: float = Field(default=0.5, ge=-1, le=1)
     telemetry: bool = False
+    max_duration: float = Field(default=14400.0, gt=0)
+    retry_attempts: int = Field(default=3, ge=1)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0)
+    db_outage_seconds: float = Field(default=600.0, gt=0)
+    lease_seconds: float = Field(default=120.0, ge=5)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     download_workers: int = Field(default=24, ge=1)
     download_socket_timeout: float = Field(default=30.0, gt=0)
     download_retries: int = Field(default=3, ge=0)

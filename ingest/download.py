@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, VideoJob
+from ingest.retry import RetryPolicy, retry_transient
 
 log = structlog.get_logger()
+
+
+class PermanentDownloadError(Exception):
+    """The video can never be ingested as it is (too long): no retry."""
+
+
+class NotYetAvailable(Exception):
+    """A live or upcoming stream: skipped for now, taken when a later listing shows it ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +35,9 @@ class DownloadOptions:
     audio_dir: Path
     workers: int = 24
     socket_timeout: float = 30.0
-    retries: int = 3
+    retries: int = 3  # yt-dlp's own, within one attempt
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_duration_s: float | None = None
 
 
 def audio_stem(video_id: str) -> str:
@@ -51,6 +62,10 @@ class Downloader:
         """Stops running downloads at their next progress report (yt-dlp checks its hooks)."""
         self._cancelled.set()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
     def close(self) -> None:
         self.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -61,11 +76,24 @@ class Downloader:
         ydl = self._ydl()
         ydl.params["outtmpl"] = {"default": str(self.options.audio_dir / f"{stem}.%(ext)s")}
         try:
-            info = ydl.extract_info(job.url, download=True)
+            info = ydl.extract_info(job.url, download=False)
+            self._check(info)
+            info = ydl.process_ie_result(info, download=True)
             return Path(info["requested_downloads"][0]["filepath"])
         except BaseException:
             remove_partial_files(self.options.audio_dir, stem)
             raise
+
+    def _check(self, info: dict[str, Any]) -> None:
+        """Refuses, before downloading, what can never be ingested."""
+        live = info.get("live_status")
+        if live in ("is_live", "is_upcoming") or info.get("is_live"):
+            raise NotYetAvailable(f"{'upcoming' if live == 'is_upcoming' else 'live'} stream")
+        duration, limit = info.get("duration"), self.options.max_duration_s
+        if duration and limit and duration > limit:
+            raise PermanentDownloadError(
+                f"too long: {duration:.0f} s of audio, INGEST_MAX_DURATION is {limit:.0f} s"
+            )
 
     def _ydl(self) -> Any:
         ydl = getattr(self._local, "ydl", None)
@@ -130,7 +158,8 @@ async def download_stage(
 ) -> None:
     """Runs `downloader.options.workers` downloads at once; a failed video is recorded and skipped.
 
-    Workers block on a full outbox, so disk use is bounded by the audio queue's size.
+    Workers block on a full outbox, so disk use is bounded by the audio queue's size. Once the
+    downloader is cancelled (a graceful stop), waiting and interrupted videos are handed back.
     """
     downloader.options.audio_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -159,15 +188,27 @@ async def _worker(
 
 
 async def _fetch(job: VideoJob, downloader: Downloader, ledger: Ledger) -> AudioFile | None:
-    await ledger.started(job)
+    if downloader.cancelled:
+        await ledger.handed_back(job)
+        return None
     if job.local_path is not None:
         return AudioFile(job, job.local_path, owned=False, download_s=0.0)
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
+
+    def attempt() -> asyncio.Future[Path]:
+        return loop.run_in_executor(downloader.executor, downloader.download, job)
+
     try:
-        path = await loop.run_in_executor(downloader.executor, downloader.download, job)
+        path = await retry_transient(downloader.options.retry, "download", attempt)
+    except NotYetAvailable as exc:
+        await ledger.skipped(job, str(exc))
+        return None
     except Exception as exc:  # one video's failure never stops the others
-        await ledger.failed(job, "download", exc)
+        if downloader.cancelled:
+            await ledger.handed_back(job)
+        else:
+            await ledger.failed(job, "download", exc)
         return None
     elapsed = time.perf_counter() - started
     log.debug("downloaded", path=str(path))

@@ -6,12 +6,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg
 import structlog
 
-from db import videos
+from db import leases, videos
 from ingest.messages import TranscribedVideo, VideoJob
 from ingest.metrics import Metrics, error_kind
+from ingest.retry import Database
 
 log = structlog.get_logger()
 
@@ -21,6 +21,8 @@ class RunCounters:
     total: int = 0
     done: int = 0
     failed: int = 0
+    handed_back: int = 0
+    skipped: int = 0
     audio_seconds: float = 0.0
     chunks: int = 0
 
@@ -39,25 +41,34 @@ def describe_error(exc: BaseException) -> str:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool, total: int, metrics: Metrics | None = None) -> None:
-        self._pool = pool
+    def __init__(
+        self, db: Database, total: int, metrics: Metrics | None = None, owner: str = ""
+    ) -> None:
+        self.db = db
+        self.owner = owner
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
         self.failures: list[tuple[str, str]] = []  # (video id, error), in order of failure
-
-    async def started(self, job: VideoJob) -> None:
-        async with self._pool.acquire() as conn:
-            await videos.mark_processing(conn, job.video_id)
 
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
         log.error("video_failed", video_id=job.video_id, stage=stage, error=error)
         self.metrics.items.labels(stage, "failed").inc()
         self.metrics.failures.labels(stage, error_kind(exc)).inc()
-        async with self._pool.acquire() as conn:
-            await videos.mark_failed(conn, job.video_id, error)
+        await self.db.run(lambda conn: videos.mark_failed(conn, job.video_id, error))
         self.counters.failed += 1
         self.failures.append((job.video_id, error))
+
+    async def skipped(self, job: VideoJob, reason: str) -> None:
+        log.info("video_skipped", video_id=job.video_id, reason=reason)
+        await self.db.run(lambda conn: videos.mark_skipped(conn, job.video_id, reason))
+        self.counters.skipped += 1
+
+    async def handed_back(self, job: VideoJob) -> None:
+        """The run is stopping before this video could be done: someone else may take it."""
+        log.info("video_handed_back", video_id=job.video_id)
+        await self.db.run(lambda conn: leases.hand_back(conn, self.owner, job.video_id))
+        self.counters.handed_back += 1
 
     def done(self, finished: Sequence[TranscribedVideo]) -> None:
         for video in finished:
@@ -66,10 +77,11 @@ class Ledger:
                 video_id=video.job.video_id,
                 chunks=len(video.chunks),
                 audio_s=round(video.duration_s, 2),
+                speaker_path=video.speakers.path,
                 **{f"{stage}_s": round(seconds, 3) for stage, seconds in video.timings},
             )
             self.counters.done += 1
             self.counters.audio_seconds += video.duration_s
+            self.counters.chunks += len(video.chunks)
             self.metrics.audio.inc(video.duration_s)
             self.metrics.speaker_paths.labels(video.speakers.path).inc()
-            self.counters.chunks += len(video.chunks)

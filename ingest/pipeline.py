@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.config import Settings
@@ -18,6 +17,7 @@ from ingest.embed import BatchRules, EmbeddedBatch, embed_stage
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo, VideoJob
 from ingest.models import Models
+from ingest.retry import Database, RetryPolicy
 from ingest.sink import sink_stage
 from ingest.transcribe import transcribe_stage
 from workers.chunking import ChunkingOptions
@@ -40,6 +40,8 @@ class PipelineOptions:
                 workers=settings.download_workers,
                 socket_timeout=settings.download_socket_timeout,
                 retries=settings.download_retries,
+                retry=RetryPolicy(settings.retry_attempts, settings.retry_backoff_seconds),
+                max_duration_s=settings.max_duration,
             ),
             chunking=ChunkingOptions(settings.chunk_chars, settings.chunk_max_seconds),
             batching=BatchRules(settings.embed_batch, settings.embed_flush_seconds),
@@ -53,9 +55,16 @@ class Pipeline:
     """One run's streams and stages; `depths()` may be read while `run()` goes on."""
 
     def __init__(
-        self, options: PipelineOptions, *, pool: asyncpg.Pool, models: Models, ledger: Ledger
+        self,
+        options: PipelineOptions,
+        *,
+        db: Database,
+        models: Models,
+        ledger: Ledger,
+        downloader: Downloader | None = None,
     ) -> None:
-        self.options, self.pool, self.models, self.ledger = options, pool, models, ledger
+        self.options, self.db, self.models, self.ledger = options, db, models, ledger
+        self.downloader = downloader or Downloader(options.download)
         self._jobs = anyio.create_memory_object_stream[VideoJob](options.download.workers)
         self._audio = anyio.create_memory_object_stream[AudioFile](options.audio_queue)
         self._texts = anyio.create_memory_object_stream[TranscribedVideo](options.transcript_queue)
@@ -78,9 +87,14 @@ class Pipeline:
     def depths(self) -> dict[str, int]:
         return {name: _depth(receive) for name, (_, receive) in self._streams().items()}
 
-    async def run(self, jobs: Iterable[VideoJob]) -> None:
-        """Returns once every job is done or failed; any stage crashing cancels the others."""
-        downloader = Downloader(self.options.download)
+    def stop_downloads(self) -> None:
+        """No new downloads: waiting and interrupted videos are handed back, the rest flows on."""
+        self.downloader.cancel()
+
+    async def run(self, jobs: AsyncIterable[VideoJob]) -> None:
+        """Returns once every job is done, failed or handed back; any stage crashing cancels
+        the others."""
+        downloader = self.downloader
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_feed(jobs, self._jobs[0]))
@@ -96,6 +110,7 @@ class Pipeline:
                         workers=self.models.workers,
                         chunking=self.options.chunking,
                         ledger=self.ledger,
+                        max_duration_s=self.options.download.max_duration_s,
                     )
                 )
                 tg.create_task(
@@ -110,7 +125,7 @@ class Pipeline:
                 tg.create_task(
                     sink_stage(
                         self._batches[1],
-                        pool=self.pool,
+                        db=self.db,
                         embedding_model=self.models.embedder.name,
                         ledger=self.ledger,
                     )
@@ -123,7 +138,7 @@ def _depth(stream: MemoryObjectReceiveStream[Any]) -> int:
     return stream.statistics().current_buffer_used
 
 
-async def _feed(jobs: Iterable[VideoJob], outbox: MemoryObjectSendStream[VideoJob]) -> None:
+async def _feed(jobs: AsyncIterable[VideoJob], outbox: MemoryObjectSendStream[VideoJob]) -> None:
     async with outbox:
-        for job in jobs:
+        async for job in jobs:
             await outbox.send(job)

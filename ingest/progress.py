@@ -48,6 +48,10 @@ def summary(result: BackfillResult) -> str:
         f"{result.audio_seconds / 3600:.2f} h of audio, {result.chunks} chunks, "
         f"{_clock(result.elapsed_s)}"
     ]
+    if result.skipped:
+        lines.append(f"{result.skipped} skipped (live or upcoming streams)")
+    if result.stopped:
+        lines.append(f"stopped early: {result.handed_back} videos handed back for a later run")
     lines += [f"failed {video_id}: {error}" for video_id, error in result.failures]
     lines += [f"source failed: {f.error}" for f in result.source_failures]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from db.sink import ChunkRow, FinishedVideo, SpeakerPath, write_finished
 from ingest.embed import EmbeddedBatch
 from ingest.ledger import Ledger
 from ingest.messages import EmbeddedVideo
+from ingest.retry import Database
 
 log = structlog.get_logger()
 
@@ -19,29 +20,28 @@ log = structlog.get_logger()
 async def sink_stage(
     inbox: MemoryObjectReceiveStream[EmbeddedBatch],
     *,
-    pool: asyncpg.Pool,
+    db: Database,
     embedding_model: str,
     ledger: Ledger,
 ) -> None:
+    """Writes each batch in one transaction; while the database is away, it waits and retries
+    the whole batch (nothing held in memory is dropped)."""
     async with inbox:
         async for batch in inbox:
-            await _write(batch, pool, embedding_model, ledger)
+            await _write(batch, db, embedding_model, ledger)
 
 
-async def _write(
-    batch: EmbeddedBatch, pool: asyncpg.Pool, embedding_model: str, ledger: Ledger
-) -> None:
+async def _write(batch: EmbeddedBatch, db: Database, embedding_model: str, ledger: Ledger) -> None:
     finished = [_finished(video, embedding_model) for video in batch]
     metrics = ledger.metrics
     started = time.perf_counter()
     try:
-        async with pool.acquire() as conn:
-            with metrics.in_flight.labels("store").track_inprogress():
-                result = await write_finished(conn, finished)
+        with metrics.in_flight.labels("store").track_inprogress():
+            result = await db.run(lambda conn: write_finished(conn, finished))
     except asyncpg.DataError:
         # Some video's content was refused: write them one by one so only that one fails.
         for video in batch:
-            await _write_alone(video, pool, embedding_model, ledger)
+            await _write_alone(video, db, embedding_model, ledger)
         return
     log.debug("flushed", videos=result.videos, chunks=result.chunks, written=result.rows_written)
     metrics.flush_latency.observe(time.perf_counter() - started)
@@ -52,11 +52,11 @@ async def _write(
 
 
 async def _write_alone(
-    video: EmbeddedVideo, pool: asyncpg.Pool, embedding_model: str, ledger: Ledger
+    video: EmbeddedVideo, db: Database, embedding_model: str, ledger: Ledger
 ) -> None:
+    finished = [_finished(video, embedding_model)]
     try:
-        async with pool.acquire() as conn:
-            result = await write_finished(conn, [_finished(video, embedding_model)])
+        result = await db.run(lambda conn: write_finished(conn, finished))
     except asyncpg.DataError as exc:
         await ledger.failed(video.video.job, "store", exc)
         return

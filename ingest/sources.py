@@ -136,6 +136,7 @@ def _remote_video(info: Mapping[str, Any], fallback_url: str) -> ListedVideo:
         extractor=extractor,
         published_at=_published(info),
         duration_s=info.get("duration"),
+        live_status=info.get("live_status"),
     )
     return ListedVideo(record, VideoJob(record.id, url, record.title))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import structlog
@@ -14,7 +15,7 @@ from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo
 from ingest.metrics import Metrics
 from ingest.models import GpuWorker
-from workers.asr import decode_audio, duration_s
+from workers.asr import Waveform, decode_audio, duration_s, probe_duration
 from workers.chunking import ChunkingOptions, chunk_segments
 
 log = structlog.get_logger()
@@ -37,11 +38,14 @@ async def transcribe_stage(
     workers: Sequence[GpuWorker],
     chunking: ChunkingOptions,
     ledger: Ledger,
+    max_duration_s: float | None = None,
 ) -> None:
     """One task per GPU worker; each decodes a video once, and every model reads that waveform."""
     async with inbox, outbox, asyncio.TaskGroup() as tg:
         for models in workers:
-            tg.create_task(_worker(inbox.clone(), outbox.clone(), models, chunking, ledger))
+            tg.create_task(
+                _worker(inbox.clone(), outbox.clone(), models, chunking, ledger, max_duration_s)
+            )
 
 
 async def _worker(
@@ -50,6 +54,7 @@ async def _worker(
     models: GpuWorker,
     chunking: ChunkingOptions,
     ledger: Ledger,
+    max_duration_s: float | None,
 ) -> None:
     async with inbox, outbox:
         async for audio in inbox:
@@ -60,7 +65,7 @@ async def _worker(
                 ledger.metrics.in_flight.labels("transcribe").track_inprogress(),
             ):
                 try:
-                    video = await _process(audio, models, chunking, ledger.metrics)
+                    video = await _process(audio, models, chunking, ledger.metrics, max_duration_s)
                 except StageError as exc:  # one video's failure never stops the others
                     await ledger.failed(audio.job, exc.step, exc)
                     continue
@@ -91,11 +96,25 @@ async def _timed(
     return result
 
 
+def _decode(path: Path, max_duration_s: float | None) -> Waveform:
+    """Decodes once, after checking the stated duration: memory stays bounded."""
+    stated = probe_duration(path)
+    if max_duration_s and stated and stated > max_duration_s:
+        raise ValueError(
+            f"too long: {stated:.0f} s of audio, INGEST_MAX_DURATION is {max_duration_s:.0f} s"
+        )
+    return decode_audio(path)
+
+
 async def _process(
-    audio: AudioFile, models: GpuWorker, chunking: ChunkingOptions, metrics: Metrics
+    audio: AudioFile,
+    models: GpuWorker,
+    chunking: ChunkingOptions,
+    metrics: Metrics,
+    max_duration_s: float | None = None,
 ) -> TranscribedVideo:
     timings = [("download", audio.download_s)]
-    waveform = await _timed("decode", timings, metrics, decode_audio, audio.path)
+    waveform = await _timed("decode", timings, metrics, _decode, audio.path, max_duration_s)
     decision = await _timed("speaker_check", timings, metrics, models.speakers.decide, waveform)
     # Word timings are only needed to split segments at a change of speaker.
     words = decision.path == "full"

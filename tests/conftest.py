@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from db.embedded import start_embedded
+from db.embedded import start_embedded, stop_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from tests import standins
@@ -29,10 +31,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def pg_folder() -> Path:
+    """A folder for a test cluster outside pytest's temporary tree: pgserver opens the parent
+    folders to its `pgserver` user, and pytest closes its own tree to everyone else whenever a
+    session starts."""
+    return Path(tempfile.mkdtemp(prefix="ingest-test-pg-"))
+
+
 @pytest.fixture(scope="session")
-def pg_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_uri() -> Iterator[str]:
     """URI of a real PostgreSQL 16 + pgvector for the whole session."""
-    return start_embedded(tmp_path_factory.mktemp("pg") / "pgdata")
+    folder = pg_folder()
+    yield start_embedded(folder / "pgdata")
+    stop_embedded(folder / "pgdata")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _create_database(pg_uri: str, name: str) -> None:
@@ -43,12 +55,17 @@ async def _create_database(pg_uri: str, name: str) -> None:
         await conn.close()
 
 
+async def create_database(pg_uri: str) -> str:
+    """A new, empty database on the server; returns its URI."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    await _create_database(pg_uri, name)
+    return pg_uri.replace("/postgres?", f"/{name}?", 1)
+
+
 @pytest.fixture
 def database_url(pg_uri: str) -> str:
     """A fresh, empty database for one test."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create_database(pg_uri, name))
-    return pg_uri.replace("/postgres?", f"/{name}?", 1)
+    return asyncio.run(create_database(pg_uri))
 
 
 @pytest.fixture

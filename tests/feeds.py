@@ -18,7 +18,7 @@ from xml.sax.saxutils import escape
 class Item:
     guid: str
     title: str
-    file: str  # path under the served folder; need not exist (a 404)
+    file: str  # path under the served folder (need not exist: a 404), or a whole URL
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -60,9 +60,13 @@ def serve(folder: Path, bytes_per_second: int | None = None) -> Iterator[str]:
 
 def write_feed(folder: Path, base_url: str, items: Sequence[Item], name: str = "feed.xml") -> str:
     """Writes an RSS feed of audio enclosures into the served folder; returns its URL."""
+
+    def url(item: Item) -> str:
+        return item.file if "://" in item.file else f"{base_url}/{item.file}"
+
     entries = "".join(
         f"<item><title>{escape(i.title)}</title><guid>{escape(i.guid)}</guid>"
-        f'<enclosure url="{escape(base_url)}/{escape(i.file)}" type="audio/wav" length="1"/>'
+        f'<enclosure url="{escape(url(i))}" type="audio/wav" length="1"/>'
         "</item>"
         for i in items
     )

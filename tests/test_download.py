@@ -14,6 +14,7 @@ import pytest
 from ingest.download import Downloader, DownloadOptions, audio_stem, download_stage
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, VideoJob
+from ingest.retry import Database
 from tests.conftest import Speech
 from tests.feeds import serve
 from workers.asr import decode_audio
@@ -47,7 +48,7 @@ async def test_downloads_16k_mono_wav_and_records_failures(
     site.mkdir()
     shutil.copy(speech.short, site / "short.wav")
     downloader = Downloader(DownloadOptions(tmp_path / "audio", workers=3, retries=0))
-    ledger = Ledger(pool, total=2)
+    ledger = Ledger(Database(pool), total=2)
     with serve(site) as base:
         jobs = [VideoJob("ok", f"{base}/short.wav"), VideoJob("gone", f"{base}/missing.wav")]
         async with pool.acquire() as conn:
@@ -64,7 +65,7 @@ async def test_downloads_16k_mono_wav_and_records_failures(
     assert ledger.failures[0][0] == "gone" and "404" in ledger.failures[0][1]
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, status, attempts FROM videos ORDER BY id")
-    assert [tuple(r) for r in rows] == [("gone", "failed", 1), ("ok", "processing", 1)]
+    assert [tuple(r) for r in rows] == [("gone", "failed", 0), ("ok", "discovered", 0)]
 
 
 async def test_cancelling_stops_downloads_and_removes_partial_files(
@@ -77,7 +78,9 @@ async def test_cancelling_stops_downloads_and_removes_partial_files(
     downloader = Downloader(DownloadOptions(audio_dir, workers=2))
     with serve(site, bytes_per_second=100_000) as base:
         jobs = [VideoJob(f"slow-{i}", f"{base}/long.wav") for i in range(2)]
-        stage = asyncio.create_task(run_downloads(jobs, downloader, Ledger(pool, total=2)))
+        stage = asyncio.create_task(
+            run_downloads(jobs, downloader, Ledger(Database(pool), total=2))
+        )
         with anyio.fail_after(20):
             while not list(audio_dir.glob("*.part")):  # noqa: ASYNC110 - a file, not an event
                 await asyncio.sleep(0.05)

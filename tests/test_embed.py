@@ -14,6 +14,7 @@ import pytest
 from ingest.embed import BatchRules, EmbeddedBatch, PendingBatch, embed_stage
 from ingest.ledger import Ledger
 from ingest.messages import TranscribedVideo, VideoJob
+from ingest.retry import Database
 from tests.conftest import ModelPaths
 from workers.chunking import Chunk
 from workers.embedder import EmbedderOptions, TextEmbedder
@@ -63,7 +64,7 @@ def embedder(models: ModelPaths) -> TextEmbedder:
 
 @pytest.fixture
 def ledger(pool: asyncpg.Pool) -> Ledger:
-    return Ledger(pool, total=0)
+    return Ledger(Database(pool), total=0)
 
 
 async def run_stage(

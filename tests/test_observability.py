@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from db.embedded import start_embedded
-from tests.conftest import Speech
+from db.embedded import start_embedded, stop_embedded
+from tests.conftest import Speech, pg_folder
 from tests.feeds import Item, serve, write_feed
 from tests.observing import Samples, free_port, health, scrape, value
 
@@ -107,9 +107,7 @@ def test_metrics_move_as_a_backfill_progresses_and_logs_are_json(
 def test_healthz_turns_unhealthy_when_the_database_stops(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str]
 ) -> None:
-    from pgserver.postgres_server import get_server
-
-    pgdata = tmp_path / "own-pg"
+    pgdata = pg_folder() / "pgdata"
     uri = start_embedded(pgdata)
     port = free_port()
     env = {**ingest_env, "DATABASE_URL": uri, "INGEST_METRICS_ADDR": f"127.0.0.1:{port}"}
@@ -120,7 +118,7 @@ def test_healthz_turns_unhealthy_when_the_database_stops(
             while health(port) != 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert health(port) == 200
-            get_server(pgdata).cleanup()  # stops the server: this process holds its last handle
+            stop_embedded(pgdata)  # this test process holds the server's only handle
             deadline = time.monotonic() + 20
             while health(port) == 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -128,6 +126,7 @@ def test_healthz_turns_unhealthy_when_the_database_stops(
         finally:
             process.kill()
             process.communicate()
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 def dashboard_queries() -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo, VideoJob
 from ingest.models import GpuWorker
+from ingest.retry import Database
 from ingest.transcribe import transcribe_stage
 from tests.conftest import ModelPaths, Speech
 from workers.asr import AsrModel, AsrOptions, Waveform
@@ -61,7 +62,7 @@ async def test_a_failing_diarization_fails_only_its_video(
         )
     diarizer = CrashesOnLongAudio(DiarizationOptions(str(models.diarization)))
     worker = GpuWorker(asr, SpeakerAttributor(SpeakerOptions(mode="always"), None, diarizer, []))
-    ledger = Ledger(pool, total=2)
+    ledger = Ledger(Database(pool), total=2)
 
     (video,) = await run_stage(files, worker, ledger)
 
@@ -85,7 +86,7 @@ async def test_no_speakers_when_diarization_is_off(
     shutil.copy(speech.medium, tmp_path / "m.wav")
     audio = AudioFile(VideoJob("m", "m"), tmp_path / "m.wav", owned=False, download_s=0.0)
     worker = GpuWorker(asr, SpeakerAttributor(SpeakerOptions(mode="off"), None, None, []))
-    (video,) = await run_stage([audio], worker, Ledger(pool, total=1))
+    (video,) = await run_stage([audio], worker, Ledger(Database(pool), total=1))
     assert video.speakers.path == "off"
     assert video.chunks and all(c.speaker is None for c in video.chunks)
     assert audio.path.exists()  # a user's own file is kept

@@ -1,0 +1,108 @@
+"""Claiming videos with leases, so that replicas sharing the database never do the same work.
+
+A claim takes one claimable video with `FOR UPDATE SKIP LOCKED` (replicas never wait on each
+other's claims) and leases it until `lease_expires_at`; the holder renews its leases while it
+works and clears them when the video ends. An expired lease belongs to a dead replica and is
+taken over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRules:
+    ttl_s: float = 120.0
+    retry_failed_before: datetime | None = None  # retry videos that failed before this time
+    reprocess_done_before: datetime | None = None  # redo videos done before this time
+
+
+_CLAIMABLE = """
+    id = ANY($1::text[]) AND (
+        status = 'discovered'
+        OR (status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at < now()))
+        OR ($2::timestamptz IS NOT NULL AND status = 'failed' AND updated_at < $2)
+        OR ($3::timestamptz IS NOT NULL AND status = 'done' AND done_at < $3)
+    )
+"""
+
+
+async def claim_next(
+    conn: asyncpg.Connection, owner: str, ids: Sequence[str], rules: ClaimRules
+) -> str | None:
+    """Leases the first claimable video of `ids` (in their order) to `owner`."""
+    video_id: str | None = await conn.fetchval(
+        f"""
+        UPDATE videos SET status = 'processing', lease_owner = $4,
+            lease_expires_at = now() + make_interval(secs => $5), attempts = attempts + 1,
+            error = NULL, updated_at = now()
+        WHERE id = (
+            SELECT id FROM videos WHERE {_CLAIMABLE}
+            ORDER BY array_position($1::text[], id)
+            LIMIT 1 FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+        """,  # noqa: S608 - a constant fragment; every value is a parameter
+        list(ids),
+        rules.retry_failed_before,
+        rules.reprocess_done_before,
+        owner,
+        rules.ttl_s,
+    )
+    return video_id
+
+
+async def count_claimable(conn: asyncpg.Connection, ids: Sequence[str], rules: ClaimRules) -> int:
+    count: int = await conn.fetchval(
+        f"SELECT count(*) FROM videos WHERE {_CLAIMABLE}",  # noqa: S608 - constant fragment
+        list(ids),
+        rules.retry_failed_before,
+        rules.reprocess_done_before,
+    )
+    return count
+
+
+async def renew(conn: asyncpg.Connection, owner: str, ttl_s: float) -> int:
+    status = await conn.execute(
+        "UPDATE videos SET lease_expires_at = now() + make_interval(secs => $2)"
+        " WHERE lease_owner = $1 AND status = 'processing'",
+        owner,
+        ttl_s,
+    )
+    return int(status.split()[-1])
+
+
+async def hand_back(conn: asyncpg.Connection, owner: str, video_id: str | None = None) -> int:
+    """Returns unfinished work (one video, or all of `owner`'s) for anyone to claim again; the
+    attempt does not count."""
+    status = await conn.execute(
+        "UPDATE videos SET status = 'discovered', lease_owner = NULL, lease_expires_at = NULL,"
+        " attempts = greatest(attempts - 1, 0), updated_at = now()"
+        " WHERE lease_owner = $1 AND status = 'processing' AND ($2::text IS NULL OR id = $2)",
+        owner,
+        video_id,
+    )
+    return int(status.split()[-1])
+
+
+async def lease_owners(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT lease_owner FROM videos"
+        " WHERE status = 'processing' AND lease_owner IS NOT NULL"
+    )
+    return [r["lease_owner"] for r in rows]
+
+
+async def expire(conn: asyncpg.Connection, owners: Sequence[str]) -> int:
+    """Ends the leases of owners known to be dead, so their videos can be taken over now."""
+    status = await conn.execute(
+        "UPDATE videos SET lease_expires_at = now() - interval '1 second'"
+        " WHERE lease_owner = ANY($1::text[]) AND status = 'processing'",
+        list(owners),
+    )
+    return int(status.split()[-1])

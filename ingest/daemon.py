@@ -1,0 +1,66 @@
+"""Long-running mode: poll the sources on an interval and ingest new videos as they appear."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import structlog
+
+from db.leases import ClaimRules
+from ingest.backfill import discover, session
+from ingest.config import ConfigError, Settings
+from ingest.ledger import Ledger
+from ingest.messages import VideoJob
+from ingest.runner import Session, run_jobs
+from ingest.shutdown import Shutdown
+
+log = structlog.get_logger()
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> float:
+    """`90`, `90s`, `15m`, `1h`, `1d` → seconds."""
+    match = _DURATION.match(text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"invalid interval {text!r}: use e.g. 90s, 15m, 1h")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+async def poll(sources: Sequence[str], run: Session, interval_s: float) -> AsyncIterator[VideoJob]:
+    """Lists the sources, yields every claimable video, waits, and again, until stopped."""
+    stop = run.shutdown.requested
+    jobs: dict[str, VideoJob] = {}
+    while not stop.is_set():
+        listed, _ = await discover(sources, run.settings, run.db)
+        jobs.update({v.record.id: v.job for v in listed})
+        await run.claims.take_over_dead()
+        async for job in run.claims.jobs(jobs, stop):
+            yield job
+        log.info("poll_done", known_videos=len(jobs), next_in_s=interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def daemon(
+    sources: Sequence[str],
+    settings: Settings,
+    *,
+    poll_interval_s: float,
+    retry_failed: bool = False,
+    shutdown: Shutdown | None = None,
+) -> Ledger:
+    """Runs until SIGTERM/SIGINT; returns the ledger of what it did."""
+    shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
+    rules = ClaimRules(
+        ttl_s=settings.lease_seconds,
+        retry_failed_before=datetime.now(UTC) if retry_failed else None,
+    )
+    async with session(settings, rules, shutdown) as (run, metrics):
+        ledger = Ledger(run.db, 0, metrics, run.claims.owner)
+        await run_jobs(run, ledger, poll(sources, run, poll_interval_s))
+    return ledger

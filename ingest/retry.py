@@ -1,0 +1,111 @@
+"""Retry policies: transient failures are retried with backoff, permanent ones fail at once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+# Matched against yt-dlp's and PyAV's messages, lower-cased; permanent wins over transient.
+_PERMANENT = (
+    "http error 400", "http error 401", "http error 403", "http error 404", "http error 410",
+    "private video", "members-only", "members only", "join this channel", "video unavailable",
+    "has been removed", "no longer available", "unsupported url", "copyright",
+    "confirm your age", "premieres in", "live event will begin", "is not a valid url",
+    "no video formats", "requested format is not available", "invalid data",
+)  # fmt: skip
+_TRANSIENT = (
+    "http error 5", "http error 429", "too many requests", "timed out", "timeout",
+    "connection", "temporarily", "transporterror", "reset by peer", "broken pipe",
+    "network is unreachable", "name or service not known", "temporary failure",
+    "incompleteread", "remote end closed",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 3
+    initial_s: float = 2.0
+    max_s: float = 60.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying (network, server-side, rate limits), not one that would repeat."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    if any(marker in text for marker in _PERMANENT):
+        return False
+    return isinstance(exc, TimeoutError | ConnectionError) or any(m in text for m in _TRANSIENT)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database went away (restart, network): worth waiting for."""
+    return isinstance(
+        exc,
+        OSError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError,
+    )
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(f"{what}_retry", attempt=state.attempt_number, wait_s=round(wait, 2),
+                    error=str(error))  # fmt: skip
+
+    return before_sleep
+
+
+async def retry_transient(policy: RetryPolicy, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call` again after transient failures, at most `policy.attempts` times in all."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait_exponential_jitter(
+            multiplier=policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+        ),
+        before_sleep=_log_retry(what),
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity reraises the last error")
+
+
+class Database:
+    """Runs an operation on a pooled connection; while the database is away (restart, lost
+    connection) it waits with backoff, up to `outage_s`, and runs the whole operation again.
+    Operations are single statements or transactions, so a retried one never half-applies."""
+
+    def __init__(self, pool: asyncpg.Pool, outage_s: float = 600.0) -> None:
+        self.pool = pool
+        self.outage_s = outage_s
+
+    async def run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_connection_error),
+            stop=stop_after_delay(self.outage_s),
+            wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.5),
+            before_sleep=_log_retry("database"),
+            reraise=True,
+        ):
+            with attempt:
+                async with self.pool.acquire() as conn:
+                    return await op(conn)
+        raise AssertionError("unreachable: tenacity reraises the last error")

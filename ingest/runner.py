@@ -1,0 +1,72 @@
+"""Running the pipeline on claimed videos, shared by `backfill` and `daemon`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+
+import structlog
+
+from db.corpus import ensure_embedding_model
+from ingest.claims import Claims, audio_dir_of, remove_dead_audio
+from ingest.config import Settings
+from ingest.ledger import Ledger
+from ingest.messages import VideoJob
+from ingest.models import load_models
+from ingest.pipeline import Pipeline, PipelineOptions
+from ingest.retry import Database
+from ingest.shutdown import Shutdown
+from ingest.speakers import load_profiles
+
+log = structlog.get_logger()
+
+Display = Callable[[Ledger, Pipeline], AbstractContextManager[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    settings: Settings
+    db: Database
+    claims: Claims
+    shutdown: Shutdown
+
+
+async def run_jobs(
+    session: Session,
+    ledger: Ledger,
+    feed: AsyncIterator[VideoJob],
+    display: Display | None = None,
+) -> bool:
+    """Loads the models, then runs the pipeline on `feed` until it ends or the run is stopped;
+    whatever this process still holds is handed back. True when it ran to the end."""
+    settings, db, claims = session.settings, session.db, session.claims
+    profiles = await db.run(lambda conn: load_profiles(conn, settings.voice_model))
+    models = await asyncio.to_thread(load_models, settings, profiles)
+    ledger.metrics.describe_models(
+        asr_model=settings.resolved_asr_model(),
+        embedding_model=settings.embedding_model,
+        voice_model=settings.voice_model,
+        diarization_model=settings.diarization_model,
+        device=settings.resolved_device(),
+    )
+    embedder = models.embedder
+    await db.run(lambda conn: ensure_embedding_model(conn, embedder.name, embedder.dimension))
+    remove_dead_audio(settings.audio_dir)
+    options = PipelineOptions.from_settings(settings)
+    audio_dir = audio_dir_of(settings.audio_dir, claims.owner)
+    options = replace(options, download=replace(options.download, audio_dir=audio_dir))
+    pipeline = Pipeline(options, db=db, models=models, ledger=ledger)
+    session.shutdown.on_request(pipeline.stop_downloads)
+    try:
+        with display(ledger, pipeline) if display else nullcontext():
+            async with asyncio.TaskGroup() as tg:
+                renewal = tg.create_task(claims.renew_forever())
+                completed = await session.shutdown.run(pipeline.run(feed))
+                renewal.cancel()
+    finally:
+        await claims.hand_back_all()
+        shutil.rmtree(audio_dir, ignore_errors=True)
+    return completed

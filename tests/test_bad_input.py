@@ -1,0 +1,96 @@
+"""Bad input: each gets a clear error on its own video, and nothing else is affected."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import Speech
+from tests.feeds import Item, serve, write_feed
+from tests.test_backfill import ingest
+
+HOSTILE = "'; DROP TABLE videos; -- $(touch /tmp/ingest-pwned) ../../etc/passwd ü🎙️\u202e"
+
+
+async def rows(database_url: str) -> dict[str, asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        found = await conn.fetch(
+            "SELECT id, title, status, error, attempts, chunk_count FROM videos"
+        )
+    finally:
+        await conn.close()
+    return {r["id"].removeprefix("generic:"): r for r in found}
+
+
+@pytest.fixture
+def bad_site(tmp_path: Path, speech: Speech) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.short, site / "ok.wav")
+    shutil.copy(speech.medium, site / "hostile.wav")
+    shutil.copy(speech.long, site / "long.wav")
+    (site / "page.html").write_text("<html><body><p>No audio here.</p></body></html>")
+    (site / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 40)
+    (site / "empty.wav").write_bytes(b"")
+    subprocess.run(
+        ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(site / "silence.wav"),
+         "trim", "0", "5"],
+        check=True,
+    )  # fmt: skip
+    return site
+
+
+def test_each_bad_item_fails_alone_with_a_clear_error(
+    bad_site: Path, ingest_env: dict[str, str], database_url: str
+) -> None:
+    env = {
+        **ingest_env,
+        "INGEST_MAX_DURATION": "30",
+        "INGEST_RETRY_ATTEMPTS": "2",
+        "INGEST_RETRY_BACKOFF_SECONDS": "0.1",
+    }
+    with serve(bad_site) as base:
+        items = [
+            Item("ok", "Fine", "ok.wav"),
+            Item("unreachable", "Nobody home", "http://127.0.0.1:9/x.wav"),
+            Item("missing", "Gone", "missing.wav"),
+            Item("html", "A web page", "page.html"),
+            Item("corrupt", "Garbage", "corrupt.wav"),
+            Item("empty", "Zero bytes", "empty.wav"),
+            Item("silence", "Nothing said", "silence.wav"),
+            Item("ok", "Fine, listed twice", "ok.wav"),
+            Item(HOSTILE, HOSTILE, "hostile.wav"),
+            Item("long", "Too long", "long.wav"),
+        ]
+        feed = write_feed(bad_site, base, items)
+        result = ingest(env, "backfill", feed)
+        assert result.returncode == 1, result.stderr
+        assert "3 done, 6 failed of 9 videos" in result.stdout
+
+        videos = asyncio.run(rows(database_url))
+        assert len(videos) == 9  # the duplicate entry is one video
+        assert {k for k, v in videos.items() if v["status"] == "done"} == {"ok", "silence", HOSTILE}
+        assert videos["silence"]["chunk_count"] == 0  # no speech is not an error
+        assert videos[HOSTILE]["title"] == HOSTILE and videos[HOSTILE]["chunk_count"] >= 1
+        assert not Path("/tmp/ingest-pwned").exists()
+        errors = {k: v["error"] for k, v in videos.items() if v["status"] == "failed"}
+        assert errors["unreachable"].startswith("download: ")
+        assert "refused" in errors["unreachable"].lower()
+        assert "404" in errors["missing"]
+        assert errors["long"].startswith("decode: too long: 53 s of audio")
+        for name in ("html", "corrupt", "empty"):
+            assert errors[name].startswith(("download: ", "decode: ")), errors[name]
+        assert all(v["attempts"] == 1 for v in videos.values())
+
+        again = ingest(env, "backfill", feed)
+        assert "0 done, 0 failed of 0 videos" in again.stdout  # failures wait for --retry-failed
+        retried = ingest(env, "backfill", feed, "--retry-failed")
+        assert "0 done, 6 failed of 6 videos" in retried.stdout
+    attempts = {k: v["attempts"] for k, v in asyncio.run(rows(database_url)).items()}
+    assert attempts == {k: (2 if k in errors else 1) for k in attempts}

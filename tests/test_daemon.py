@@ -1,0 +1,74 @@
+"""`ingest daemon` follows a feed: new videos are ingested as they appear; SIGTERM ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import Speech
+from tests.feeds import Item, serve, write_feed
+from tests.test_resilience import start
+
+
+async def statuses(database_url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT id, status FROM videos")
+    except asyncpg.UndefinedTableError:  # the daemon has not migrated the database yet
+        return {}
+    finally:
+        await conn.close()
+    return {r["id"]: r["status"] for r in rows}
+
+
+def wait_until(database_url: str, expected: dict[str, str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(statuses(database_url)) == expected:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{asyncio.run(statuses(database_url))} != {expected}")
+
+
+def test_daemon_ingests_new_uploads_and_stops_on_sigterm(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.short, site / "a.wav")
+    shutil.copy(speech.medium, site / "b.wav")
+    first = [Item("a", "First", "a.wav"), Item("gone", "Broken", "gone.wav")]
+    with serve(site) as base:
+        feed = write_feed(site, base, first)
+        daemon = start(ingest_env, "daemon", feed, "--poll-interval", "1s")
+        try:
+            wait_until(database_url, {"generic:a": "done", "generic:gone": "failed"})
+            write_feed(site, base, [*first, Item("b", "New upload", "b.wav")])
+            wait_until(
+                database_url,
+                {"generic:a": "done", "generic:gone": "failed", "generic:b": "done"},
+            )
+            assert daemon.poll() is None  # a bad video never stops the daemon
+            stopped_at = time.monotonic()
+            daemon.send_signal(signal.SIGTERM)
+            out, err = daemon.communicate(timeout=60)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.communicate()
+    assert daemon.returncode == 0, err
+    assert time.monotonic() - stopped_at < 30
+    assert "stopped: 2 done, 1 failed" in out
+
+
+def test_poll_interval_must_be_a_duration(ingest_env: dict[str, str]) -> None:
+    from tests.test_backfill import ingest
+
+    result = ingest(ingest_env, "daemon", "/tmp", "--poll-interval", "soon")
+    assert result.returncode == 2
+    assert "error: invalid interval 'soon'" in result.stderr
