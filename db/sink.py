@@ -42,6 +42,8 @@ WHERE (s.start_s, s.end_s, s.speaker, s.speaker_confidence, s.text)
    OR (s.embedding <=> EXCLUDED.embedding) > 1e-6
 """
 
+_ANY_STORED = "SELECT EXISTS (SELECT 1 FROM segments WHERE video_id = ANY($1::text[]))"
+
 _DELETE_STALE = """
 DELETE FROM segments s USING unnest($1::text[], $2::integer[]) AS v(id, n)
 WHERE s.video_id = v.id AND s.seg_index >= v.n
@@ -103,21 +105,27 @@ class WriteResult:
 
 
 async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> WriteResult:
+    """Writes the videos' chunks and marks them done, in one transaction.
+
+    Videos with no stored chunks yet (every video of a first backfill) are COPYed straight into
+    `segments`, which writes each row once; otherwise rows go through the staging table and the
+    upsert. A concurrent writer that got there first sends the batch down the upsert path too.
+    """
     records = [
-        (
-            v.video_id,
-            c.seg_index,
-            c.start_s,
-            c.end_s,
-            c.speaker,
-            c.speaker_confidence,
-            c.text,
-            c.embedding,
-        )
+        (v.video_id, c.seg_index, c.start_s, c.end_s, c.speaker, c.speaker_confidence, c.text,
+         c.embedding)
         for v in videos
         for c in v.chunks
-    ]
+    ]  # fmt: skip
     ids = [v.video_id for v in videos]
+    if not await conn.fetchval(_ANY_STORED, ids):
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table("segments", records=records, columns=_COLUMNS)
+                await _mark_done(conn, videos)
+            return WriteResult(len(videos), len(records), len(records), 0)
+        except asyncpg.UniqueViolationError:
+            pass
     async with conn.transaction():
         await conn.execute(_STAGING)
         await conn.copy_records_to_table("segments_staging", records=records, columns=_COLUMNS)
@@ -125,20 +133,24 @@ async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVide
         deleted = _row_count(
             await conn.execute(_DELETE_STALE, ids, [len(v.chunks) for v in videos])
         )
-        await conn.execute(
-            _MARK_DONE,
-            ids,
-            [v.duration_s for v in videos],
-            [len(v.chunks) for v in videos],
-            [v.asr_model for v in videos],
-            [v.embedding_model for v in videos],
-            [json.dumps(dict(v.timings)) for v in videos],
-            [v.speakers.path for v in videos],
-            [v.speakers.similarity for v in videos],
-            [v.speakers.spread for v in videos],
-            [v.speakers.reason for v in videos],
-        )
+        await _mark_done(conn, videos)
     return WriteResult(len(videos), len(records), written, deleted)
+
+
+async def _mark_done(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> None:
+    await conn.execute(
+        _MARK_DONE,
+        [v.video_id for v in videos],
+        [v.duration_s for v in videos],
+        [len(v.chunks) for v in videos],
+        [v.asr_model for v in videos],
+        [v.embedding_model for v in videos],
+        [json.dumps(dict(v.timings)) for v in videos],
+        [v.speakers.path for v in videos],
+        [v.speakers.similarity for v in videos],
+        [v.speakers.spread for v in videos],
+        [v.speakers.reason for v in videos],
+    )
 
 
 def _row_count(status: str) -> int:

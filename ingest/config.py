@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embed_batch: int = Field(default=1000, ge=1)
     embed_encode_batch: int = Field(default=32, ge=1)
-    embed_flush_seconds: float = Field(default=2.0, gt=0)
+    embed_flush_seconds: float = Field(default=0.5, gt=0)
     voice_model: str = "speechbrain/spkrec-ecapa-voxceleb"
     voice_batch_size: int = Field(default=32, ge=1)
     diarization_model: str = "pyannote/speaker-diarization-3.1"
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     download_workers: int = Field(default=24, ge=1)
     download_socket_timeout: float = Field(default=30.0, gt=0)
     download_retries: int = Field(default=3, ge=0)
-    audio_queue_size: int = Field(default=8, ge=1)
+    audio_queue_size: int = Field(default=24, ge=1)
     transcript_queue_size: int = Field(default=64, ge=1)
     sink_queue_size: int = Field(default=2, ge=1)
     chunk_chars: int = Field(default=800, ge=50)

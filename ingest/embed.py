@@ -65,6 +65,18 @@ async def embed_stage(
     rules: BatchRules,
     ledger: Ledger,
 ) -> None:
+    """Collects the next batch while the current one is being encoded."""
+    send, receive = anyio.create_memory_object_stream[list[TranscribedVideo]]()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(_collect(inbox, send, rules))
+        tg.create_task(_encode(receive, outbox, embedder, ledger))
+
+
+async def _collect(
+    inbox: MemoryObjectReceiveStream[TranscribedVideo],
+    outbox: MemoryObjectSendStream[list[TranscribedVideo]],
+    rules: BatchRules,
+) -> None:
     pending = PendingBatch(rules)
     receiving: asyncio.Task[TranscribedVideo] | None = None
     async with inbox, outbox:
@@ -82,12 +94,23 @@ async def embed_stage(
                     finally:
                         receiving = None
                 if pending.seconds_until_due(time.monotonic()) == 0.0:
-                    await _flush(pending.take(), outbox, embedder, ledger)
+                    await outbox.send(pending.take())
             if pending.videos:
-                await _flush(pending.take(), outbox, embedder, ledger)
+                await outbox.send(pending.take())
         finally:
             if receiving is not None:
                 receiving.cancel()
+
+
+async def _encode(
+    inbox: MemoryObjectReceiveStream[list[TranscribedVideo]],
+    outbox: MemoryObjectSendStream[EmbeddedBatch],
+    embedder: TextEmbedder,
+    ledger: Ledger,
+) -> None:
+    async with inbox, outbox:
+        async for videos in inbox:
+            await _flush(videos, outbox, embedder, ledger)
 
 
 async def _flush(

@@ -28,7 +28,7 @@ class PipelineOptions:
     download: DownloadOptions
     chunking: ChunkingOptions
     batching: BatchRules
-    audio_queue: int = 8
+    audio_queue: int = 24
     transcript_queue: int = 64
     sink_queue: int = 2
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -31,6 +33,15 @@ class StageError(Exception):
         self.step = step
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A video's audio decoded once (16 kHz mono), on its way to the models."""
+
+    audio: AudioFile
+    waveform: Waveform
+    timings: tuple[tuple[str, float], ...]
+
+
 async def transcribe_stage(
     inbox: MemoryObjectReceiveStream[AudioFile],
     outbox: MemoryObjectSendStream[TranscribedVideo],
@@ -40,42 +51,69 @@ async def transcribe_stage(
     ledger: Ledger,
     max_duration_s: float | None = None,
 ) -> None:
-    """One task per GPU worker; each decodes a video once, and every model reads that waveform."""
+    """Per GPU worker, a decoder decodes the next video while the models work on the current
+    one, so the GPU never waits for the CPU; at most one decoded video waits per worker."""
     async with inbox, outbox, asyncio.TaskGroup() as tg:
         for models in workers:
-            tg.create_task(
-                _worker(inbox.clone(), outbox.clone(), models, chunking, ledger, max_duration_s)
-            )
+            send, receive = anyio.create_memory_object_stream[Decoded](1)
+            tg.create_task(_decoder(inbox.clone(), send, ledger, max_duration_s))
+            tg.create_task(_worker(receive, outbox.clone(), models, chunking, ledger))
 
 
-async def _worker(
+async def _decoder(
     inbox: MemoryObjectReceiveStream[AudioFile],
-    outbox: MemoryObjectSendStream[TranscribedVideo],
-    models: GpuWorker,
-    chunking: ChunkingOptions,
+    outbox: MemoryObjectSendStream[Decoded],
     ledger: Ledger,
     max_duration_s: float | None,
 ) -> None:
     async with inbox, outbox:
         async for audio in inbox:
+            timings = [("download", audio.download_s)]
             with (
                 structlog.contextvars.bound_contextvars(
-                    video_id=audio.job.video_id, stage="transcribe"
+                    video_id=audio.job.video_id, stage="decode"
                 ),
-                ledger.metrics.in_flight.labels("transcribe").track_inprogress(),
+                ledger.metrics.in_flight.labels("decode").track_inprogress(),
             ):
                 try:
-                    video = await _process(audio, models, chunking, ledger.metrics, max_duration_s)
+                    waveform = await asyncio.to_thread(
+                        _step, "decode", timings, ledger.metrics, _decode, audio.path,
+                        max_duration_s,
+                    )  # fmt: skip
                 except StageError as exc:  # one video's failure never stops the others
                     await ledger.failed(audio.job, exc.step, exc)
                     continue
                 finally:
-                    if audio.owned:
+                    if audio.owned:  # decoded once: the file is no longer needed
                         audio.path.unlink(missing_ok=True)
+            await outbox.send(Decoded(audio, waveform, tuple(timings)))
+
+
+async def _worker(
+    inbox: MemoryObjectReceiveStream[Decoded],
+    outbox: MemoryObjectSendStream[TranscribedVideo],
+    models: GpuWorker,
+    chunking: ChunkingOptions,
+    ledger: Ledger,
+) -> None:
+    async with inbox, outbox:
+        async for decoded in inbox:
+            job = decoded.audio.job
+            with (
+                structlog.contextvars.bound_contextvars(video_id=job.video_id, stage="transcribe"),
+                ledger.metrics.in_flight.labels("transcribe").track_inprogress(),
+            ):
+                try:
+                    video = await asyncio.to_thread(
+                        _infer, decoded, models, chunking, ledger.metrics
+                    )
+                except StageError as exc:  # one video's failure never stops the others
+                    await ledger.failed(job, exc.step, exc)
+                    continue
             await outbox.send(video)
 
 
-async def _timed(
+def _step(
     step: str,
     timings: list[tuple[str, float]],
     metrics: Metrics,
@@ -83,10 +121,10 @@ async def _timed(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> R:
-    """Runs one blocking step in a thread, timing it and naming it if it fails."""
+    """Runs one blocking step, timing it and naming it if it fails."""
     started = time.perf_counter()
     try:
-        result = await asyncio.to_thread(func, *args, **kwargs)
+        result = func(*args, **kwargs)
     except Exception as exc:
         raise StageError(step, exc) from exc
     elapsed = time.perf_counter() - started
@@ -106,26 +144,21 @@ def _decode(path: Path, max_duration_s: float | None) -> Waveform:
     return decode_audio(path)
 
 
-async def _process(
-    audio: AudioFile,
-    models: GpuWorker,
-    chunking: ChunkingOptions,
-    metrics: Metrics,
-    max_duration_s: float | None = None,
+def _infer(
+    decoded: Decoded, models: GpuWorker, chunking: ChunkingOptions, metrics: Metrics
 ) -> TranscribedVideo:
-    timings = [("download", audio.download_s)]
-    waveform = await _timed("decode", timings, metrics, _decode, audio.path, max_duration_s)
-    decision = await _timed("speaker_check", timings, metrics, models.speakers.decide, waveform)
+    """Blocking: every model step of one video, in one thread hop."""
+    timings = list(decoded.timings)
+    waveform = decoded.waveform
+    decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform)
     # Word timings are only needed to split segments at a change of speaker.
     words = decision.path == "full"
-    segments = await _timed(
-        "transcribe", timings, metrics, models.asr.transcribe, waveform, words=words
-    )
-    labelled = await _timed(
+    segments = _step("transcribe", timings, metrics, models.asr.transcribe, waveform, words=words)
+    labelled = _step(
         "diarize", timings, metrics, models.speakers.label, waveform, segments, decision
     )
     return TranscribedVideo(
-        job=audio.job,
+        job=decoded.audio.job,
         duration_s=duration_s(waveform),
         chunks=tuple(chunk_segments(labelled, chunking)),
         asr_model=models.asr.options.model,

@@ -84,7 +84,7 @@ def test_metrics_move_as_a_backfill_progresses_and_logs_are_json(
         for s in snapshots
     )
     last = snapshots[-1]
-    assert value(last, "ingest_queue_capacity", queue="audio") == 8
+    assert value(last, "ingest_queue_capacity", queue="audio") == 24
     assert value(last, "ingest_queue_depth", queue="audio") is not None
     assert value(last, "ingest_gpu_available") == 0
     assert any((value(s, "ingest_videos", status="done") or 0) >= 1 for s in snapshots)

@@ -1,0 +1,66 @@
+"""python -m bench [NAME...] [--quick] [--check] [--out FILE]"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bench import downloads, models, pipeline, sink
+from bench.database import server
+from bench.results import Figure, show, write
+from ingest.logging import configure_logging
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+NAMES = ("pipeline", "memory", "sink", "downloads", "models", "gpu")
+
+
+def _run(name: str, quick: bool, uri: str) -> list[Figure]:
+    if name == "pipeline":
+        return pipeline.efficiency(uri, videos=40 if quick else 200)
+    if name == "memory":
+        return pipeline.memory(uri, 20, 100) if quick else pipeline.memory(uri, 100, 1000)
+    if name == "sink":
+        return sink.sink(uri, quick)
+    if name == "downloads":
+        return downloads.downloads(files=10 if quick else 30, rate=100_000)
+    if name == "models":
+        return models.asr(quick) + models.embeddings(quick)
+    return [
+        Figure("gpu", "end-to-end on a GPU", None,
+               detail={"status": "not run: needs an NVIDIA GPU; see README (Benchmarks)"})
+    ]  # fmt: skip
+
+
+@app.command()
+def main(
+    names: Annotated[list[str] | None, typer.Argument(help=f"Any of {', '.join(NAMES)}.")] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Small sizes: a smoke test, not a measurement.")
+    ] = False,
+    check: Annotated[bool, typer.Option(help="Exit 1 when a target is missed.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = Path(
+        "bench/results.json"
+    ),
+) -> None:
+    """Run the benchmarks, print a table, write JSON results."""
+    configure_logging("warning")
+    chosen = names or [n for n in NAMES if n != "gpu"]
+    unknown = set(chosen) - set(NAMES)
+    if unknown:
+        raise typer.BadParameter(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    figures: list[Figure] = []
+    with server() as uri:
+        for name in chosen:
+            figures += _run(name, quick, uri)
+    show(figures, Console())
+    write(figures, out)
+    if check and any(f.met is False for f in figures):
+        raise typer.Exit(1)
+
+
+app()

@@ -1,0 +1,28 @@
+"""The benchmark suite's smoke run: every benchmark runs end to end at small sizes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_benchmarks_run_and_report_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    benches = {f["bench"] for f in figures}
+    assert benches == {"pipeline", "memory", "sink", "downloads", "models"}
+    for figure in figures:
+        assert figure["value"] is not None and figure["value"] > 0, figure
+        if figure["target"] is not None:
+            assert figure["met"] in (True, False)
+    assert len([f for f in figures if f["bench"] == "pipeline"]) == 3
+    assert len([f for f in figures if f["bench"] == "sink"]) == 6
