@@ -25,7 +25,7 @@ from ingest.ledger import Ledger
 from ingest.logging import configure_logging
 from ingest.models import ModelLoadError
 from ingest.pipeline import Pipeline
-from ingest.progress import live_progress, summary
+from ingest.progress import clock, live_progress, summary
 from ingest.search import search as run_search
 from ingest.shutdown import Shutdown
 from ingest.speakers import EnrollError
@@ -274,7 +274,7 @@ def search(
         speaker = f" [{hit.speaker}]" if hit.speaker else ""
         out.print(
             f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "
-            f"{_clock(hit.start_s)}-{_clock(hit.end_s)}  {r.link}\n    {hit.text}",
+            f"{clock(hit.start_s)}-{clock(hit.end_s)}  {r.link}\n    {hit.text}",
             markup=False,
             highlight=False,
         )
@@ -328,11 +328,6 @@ def speakers(
             markup=False,
             highlight=False,
         )
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60:d}:{minutes % 60:02d}:{secs:02d}"
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def progress_view(ledger: Ledger, pipeline: Pipeline, elapsed_s: float) -> Rende
         f"  done {c.done}  ",
         (f"failed {c.failed}", "red" if c.failed else ""),
         f"  audio {c.audio_seconds / 3600:.2f} h  chunks {c.chunks}",
-        f"  queues: {depths}  {_clock(elapsed_s)}",
+        f"  queues: {depths}  {clock(elapsed_s)}",
     )
     return Group(bar, line)
 
@@ -46,7 +46,7 @@ def summary(result: BackfillResult) -> str:
     lines = [
         f"{result.done} done, {result.failed} failed of {result.total} videos; "
         f"{result.audio_seconds / 3600:.2f} h of audio, {result.chunks} chunks, "
-        f"{_clock(result.elapsed_s)}"
+        f"{clock(result.elapsed_s)}"
     ]
     if result.skipped:
         lines.append(f"{result.skipped} skipped (live or upcoming streams)")
@@ -57,6 +57,7 @@ def summary(result: BackfillResult) -> str:
     return "\n".join(lines)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """H:MM:SS."""
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes // 60:d}:{minutes % 60:02d}:{secs:02d}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -45,3 +47,14 @@ def health(port: int) -> int | None:
         return exc.code
     except OSError:
         return None
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """An `ingest` process running in the background, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -12,7 +12,7 @@ import asyncpg
 
 from tests.conftest import Speech
 from tests.feeds import Item, serve, write_feed
-from tests.test_resilience import start
+from tests.observing import start
 
 
 async def statuses(database_url: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 from db.embedded import start_embedded, stop_embedded
 from tests.conftest import Speech, pg_folder
 from tests.feeds import Item, serve, write_feed
-from tests.observing import Samples, free_port, health, scrape, value
+from tests.observing import Samples, free_port, health, scrape, start, value
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ingest.json"
@@ -36,16 +35,6 @@ def channel(tmp_path: Path, speech: Speech, copies: int, rate: int) -> Iterator[
     items.append(Item("gone", "Missing", "gone.wav"))
     with serve(site, bytes_per_second=rate) as base:
         yield write_feed(site, base, items)
-
-
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingest", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def watch(process: subprocess.Popen[str], port: int, timeout: float = 180) -> list[Samples]:

@@ -18,7 +18,7 @@ import pytest
 from db.embedded import start_embedded, stop_embedded
 from tests.conftest import Speech, create_database, pg_folder
 from tests.feeds import Item, serve, write_feed
-from tests.observing import Samples, free_port, scrape, value
+from tests.observing import Samples, free_port, scrape, start, value
 
 VIDEOS = 6
 
@@ -33,16 +33,6 @@ def site(tmp_path: Path, speech: Speech) -> tuple[Path, list[Item]]:
         shutil.copy(source, folder / f"{i}.wav")
         items.append(Item(f"v{i}", f"Video {i}", f"{i}.wav"))
     return folder, items
-
-
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingest", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
