@@ -110,10 +110,15 @@ async def mark_failed(conn: asyncpg.Connection, video_id: str, error: str) -> No
     )
 
 
-async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> StatusSummary:
+async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
     counts = dict.fromkeys(STATUSES, 0)
     for row in await conn.fetch("SELECT status, count(*) AS n FROM videos GROUP BY status"):
         counts[row["status"]] = row["n"]
+    return counts
+
+
+async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> StatusSummary:
+    counts = await count_by_status(conn)
     chunks = await conn.fetchval("SELECT count(*) FROM segments")
     audio = await conn.fetchval(
         "SELECT coalesce(sum(duration_s), 0) FROM videos WHERE status = 'done'"

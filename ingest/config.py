@@ -6,6 +6,7 @@ over environment variables and `.env`.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -126,8 +127,9 @@ class Settings(BaseSettings):
         return "float16" if self.resolved_device() == "cuda" else "int8"
 
 
+@functools.cache
 def cuda_device_count() -> int:
-    # CTranslate2 answers without initialising torch's CUDA runtime.
+    # CTranslate2 answers without initialising torch's CUDA runtime; asked once per process.
     import ctranslate2
 
     return int(ctranslate2.get_cuda_device_count())

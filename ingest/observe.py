@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import structlog
 
-from db.videos import status_summary
+from db.videos import count_by_status
 from ingest.config import ConfigError, Settings
 from ingest.endpoints import Endpoints, health_check
 from ingest.gpu import GpuSampler
@@ -19,15 +19,16 @@ log = structlog.get_logger()
 
 
 async def sample_videos(pool: asyncpg.Pool, metrics: Metrics, interval_s: float) -> None:
-    """Videos by status, from the database (other replicas' work included), until cancelled."""
+    """Videos by status, from the database (other replicas' work included), until cancelled.
+    Only the per-status counts: counting every chunk each few seconds would scan `segments`."""
     while True:
         try:
             async with pool.acquire() as conn:
-                summary = await status_summary(conn, errors=0)
+                counts = await count_by_status(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("status_sample_failed", error=str(exc))
         else:
-            for status, count in summary.counts.items():
+            for status, count in counts.items():
                 metrics.videos.labels(status).set(count)
         await asyncio.sleep(interval_s)
 

@@ -14,7 +14,7 @@ from workers.diarization import Diarizer, Turn
 from workers.voice import Vectors, VoiceEncoder, normalize
 
 Mode = Literal["auto", "always", "off"]
-Path_ = Literal["fast", "full", "off"]
+PathTaken = Literal["fast", "full", "off"]
 MIN_WINDOW_S = 0.5  # shorter speech says little about the voice
 
 
@@ -39,7 +39,7 @@ class SpeakerOptions:
 class Decision:
     """Which path a video takes, and why; stored on the video."""
 
-    path: Path_
+    path: PathTaken
     host: str | None = None
     similarity: float | None = None
     spread: float | None = None  # share of the video between the first and last window
