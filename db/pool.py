@@ -24,5 +24,7 @@ async def ensure_vector_extension(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except asyncpg.UniqueViolationError:
+        pass  # a replica starting at the same moment created it: IF NOT EXISTS is not atomic
     finally:
         await conn.close()
