@@ -116,6 +116,70 @@ def test_kill_9_then_restart_ends_as_a_clean_run(
     assert not audio.exists() or not any(audio.rglob("*"))  # no stale partial files
 
 
+# Holds the flush that marks videos done, after its chunks are written, until the test lets go.
+_PAUSE_FLUSH = """
+CREATE FUNCTION pause_flush() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+CREATE TRIGGER pause_flush BEFORE UPDATE ON videos FOR EACH ROW
+WHEN (NEW.status = 'done' AND OLD.status <> 'done') EXECUTE FUNCTION pause_flush();
+"""
+
+_PAUSED = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND wait_event = 'advisory' AND query LIKE '%status = ''done''%'"
+)
+
+
+async def _until(conn: asyncpg.Connection, query: str, wanted: int) -> None:
+    for _ in range(1200):
+        if await conn.fetchval(query) == wanted:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never reached {wanted}: {query}")
+
+
+async def _kill_inside_a_flush(database_url: str, env: dict[str, str], feed: str) -> None:
+    """Runs a backfill and kills it while its first flush transaction is open, chunks written."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(4242)")
+        await conn.execute(_PAUSE_FLUSH)
+        process = start(env, "backfill", feed)
+        await _until(conn, _PAUSED, 1)
+        assert await conn.fetchval("SELECT count(*) FROM segments") == 0  # not committed
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        await conn.execute("SELECT pg_advisory_unlock(4242)")
+        # The server finds its client gone and rolls the transaction back.
+        await _until(conn, _PAUSED.replace("wait_event = 'advisory' AND ", ""), 0)
+        await conn.execute("DROP TRIGGER pause_flush ON videos; DROP FUNCTION pause_flush()")
+        assert await conn.fetchval("SELECT count(*) FROM segments") == 0
+        assert await conn.fetchval("SELECT count(*) FROM videos WHERE status = 'done'") == 0
+    finally:
+        await conn.close()
+
+
+def test_kill_9_inside_a_flush_transaction_then_restart_ends_as_a_clean_run(
+    site: tuple[Path, list[Item]], ingest_env: dict[str, str], database_url: str, pg_uri: str
+) -> None:
+    folder, items = site
+    assert run(ingest_env, "migrate").returncode == 0
+    with serve(folder) as base:
+        feed = write_feed(folder, base, items)
+        asyncio.run(_kill_inside_a_flush(database_url, ingest_env, feed))
+
+        restart = run(ingest_env, "backfill", feed)
+        assert restart.returncode == 0, restart.stderr
+        clean_url = asyncio.run(create_database(pg_uri))
+        clean = run({**ingest_env, "DATABASE_URL": clean_url}, "backfill", feed)
+        assert clean.returncode == 0, clean.stderr
+    after_crash = asyncio.run(snapshot(database_url))
+    assert after_crash == asyncio.run(snapshot(clean_url))
+    assert {v[1] for v in after_crash[0]} == {"done"}
+    audio = Path(ingest_env["INGEST_DATA_DIR"]) / "audio"
+    assert not audio.exists() or not any(audio.rglob("*"))
+
+
 def test_sigterm_exits_0_within_the_grace_period_and_loses_nothing(
     site: tuple[Path, list[Item]], ingest_env: dict[str, str], database_url: str
 ) -> None:
