@@ -104,7 +104,9 @@ class Downloader:
     def _new_ydl(self) -> Any:
         import yt_dlp
 
-        return yt_dlp.YoutubeDL(
+        from ingest.extract_audio import FFmpegCompleteAudioPP
+
+        ydl = yt_dlp.YoutubeDL(
             {
                 "format": "bestaudio/best",
                 "noplaylist": True,
@@ -116,10 +118,11 @@ class Downloader:
                 "retries": self.options.retries,
                 "fragment_retries": self.options.retries,
                 "progress_hooks": [self._check_cancelled],
-                "postprocessors": [{"key": "FFmpegExtractAudio", "preferredcodec": "wav"}],
-                "postprocessor_args": {"extractaudio": ["-ar", "16000", "-ac", "1"]},
+                "postprocessor_args": {"completeaudio": ["-ar", "16000", "-ac", "1"]},
             }
         )
+        ydl.add_post_processor(FFmpegCompleteAudioPP(ydl, preferredcodec="wav"))
+        return ydl
 
     def _check_cancelled(self, _status: dict[str, Any]) -> None:
         if self._cancelled.is_set():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
+import wave
 from pathlib import Path
 
 import asyncpg
@@ -28,6 +30,18 @@ async def rows(database_url: str) -> dict[str, asyncpg.Record]:
     return {r["id"].removeprefix("generic:"): r for r in found}
 
 
+def cut(source: Path, target: Path) -> Path:
+    """The first half of the file's bytes: what an interrupted copy leaves behind."""
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+def seconds(wav: Path) -> float:
+    with wave.open(str(wav)) as audio:
+        return float(audio.getnframes() / audio.getframerate())
+
+
 @pytest.fixture
 def bad_site(tmp_path: Path, speech: Speech) -> Path:
     site = tmp_path / "site"
@@ -38,6 +52,7 @@ def bad_site(tmp_path: Path, speech: Speech) -> Path:
     (site / "page.html").write_text("<html><body><p>No audio here.</p></body></html>")
     (site / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 40)
     (site / "empty.wav").write_bytes(b"")
+    cut(speech.medium, site / "truncated.wav")
     subprocess.run(
         ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(site / "silence.wav"),
          "trim", "0", "5"],
@@ -63,6 +78,7 @@ def test_each_bad_item_fails_alone_with_a_clear_error(
             Item("html", "A web page", "page.html"),
             Item("corrupt", "Garbage", "corrupt.wav"),
             Item("empty", "Zero bytes", "empty.wav"),
+            Item("truncated", "Cut short", "truncated.wav"),
             Item("silence", "Nothing said", "silence.wav"),
             Item("ok", "Fine, listed twice", "ok.wav"),
             Item(HOSTILE, HOSTILE, "hostile.wav"),
@@ -71,10 +87,10 @@ def test_each_bad_item_fails_alone_with_a_clear_error(
         feed = write_feed(bad_site, base, items)
         result = ingest(env, "backfill", feed)
         assert result.returncode == 1, result.stderr
-        assert "3 done, 6 failed of 9 videos" in result.stdout
+        assert "3 done, 7 failed of 10 videos" in result.stdout
 
         videos = asyncio.run(rows(database_url))
-        assert len(videos) == 9  # the duplicate entry is one video
+        assert len(videos) == 10  # the duplicate entry is one video
         assert {k for k, v in videos.items() if v["status"] == "done"} == {"ok", "silence", HOSTILE}
         assert videos["silence"]["chunk_count"] == 0  # no speech is not an error
         assert videos[HOSTILE]["title"] == HOSTILE and videos[HOSTILE]["chunk_count"] >= 1
@@ -84,6 +100,14 @@ def test_each_bad_item_fails_alone_with_a_clear_error(
         assert "refused" in errors["unreachable"].lower()
         assert "404" in errors["missing"]
         assert errors["long"].startswith("decode: too long: 53 s of audio")
+        truncated = re.fullmatch(
+            r"download: truncated: ([\d.]+) s of audio where the file states ([\d.]+) s",
+            errors["truncated"],
+        )
+        assert truncated, errors["truncated"]
+        whole = seconds(bad_site / "hostile.wav")
+        assert float(truncated[1]) == pytest.approx(whole / 2, abs=0.11)
+        assert float(truncated[2]) == pytest.approx(whole, abs=0.051)
         for name in ("html", "corrupt", "empty"):
             assert errors[name].startswith(("download: ", "decode: ")), errors[name]
         assert all(v["attempts"] == 1 for v in videos.values())
@@ -91,6 +115,28 @@ def test_each_bad_item_fails_alone_with_a_clear_error(
         again = ingest(env, "backfill", feed)
         assert "0 done, 0 failed of 0 videos" in again.stdout  # failures wait for --retry-failed
         retried = ingest(env, "backfill", feed, "--retry-failed")
-        assert "0 done, 6 failed of 6 videos" in retried.stdout
+        assert "0 done, 7 failed of 7 videos" in retried.stdout
     attempts = {k: v["attempts"] for k, v in asyncio.run(rows(database_url)).items()}
     assert attempts == {k: (2 if k in errors else 1) for k in attempts}
+
+
+def test_truncated_local_files_fail_alone(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    shutil.copy(speech.short, folder / "whole.wav")
+    cut(speech.medium, folder / "cut-wav.wav")
+    flac = tmp_path / "medium.flac"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(speech.medium), str(flac)], check=True)
+    cut(flac, folder / "cut-flac.flac")
+
+    result = ingest(ingest_env, "backfill", str(folder))
+    assert result.returncode == 1, result.stderr
+    assert "1 done, 2 failed of 3 videos" in result.stdout
+    videos = {v["title"]: v for v in asyncio.run(rows(database_url)).values()}
+    assert videos["whole"]["status"] == "done"
+    for name in ("cut-wav", "cut-flac"):
+        assert videos[name]["status"] == "failed"
+        assert videos[name]["error"].startswith("decode: truncated: "), videos[name]["error"]
+        assert videos[name]["error"].endswith(f"the file states {seconds(speech.medium):.1f} s")

@@ -35,16 +35,6 @@ def decode_audio(path: Path) -> Waveform:
     return audio
 
 
-def probe_duration(path: Path) -> float | None:
-    """The container's stated duration, read without decoding (None when it does not say)."""
-    import av
-
-    with av.open(str(path)) as container:
-        if container.duration is None:
-            return None
-        return float(container.duration / av.time_base)
-
-
 def duration_s(audio: Waveform) -> float:
     return len(audio) / SAMPLE_RATE
 
