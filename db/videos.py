@@ -42,8 +42,9 @@ class StatusSummary:
 
 async def record_discovered(conn: asyncpg.Connection, videos: Sequence[DiscoveredVideo]) -> None:
     """Adds new videos as `discovered` (live and upcoming streams as `skipped`, with the reason);
-    refreshes metadata of known ones, keeping their status, except that a skipped stream that
-    has ended becomes `discovered`."""
+    refreshes metadata of known ones, keeping their status, except that a skipped stream the
+    listing no longer shows as live or upcoming becomes `discovered` again. A feed's listing
+    cannot tell a stream at all, so its skipped streams are checked again at each listing."""
     await conn.executemany(
         """
         INSERT INTO videos AS v
@@ -68,7 +69,8 @@ async def record_discovered(conn: asyncpg.Connection, videos: Sequence[Discovere
                 WHEN v.status = 'discovered' AND EXCLUDED.status = 'skipped' THEN EXCLUDED.error
                 ELSE v.error END,
             updated_at = now()
-        WHERE (v.url, v.title, v.channel, v.extractor, v.published_at, v.live_status)
+        WHERE (v.status = 'skipped' AND EXCLUDED.status = 'discovered')
+           OR (v.url, v.title, v.channel, v.extractor, v.published_at, v.live_status)
               IS DISTINCT FROM (EXCLUDED.url, COALESCE(EXCLUDED.title, v.title),
                                 COALESCE(EXCLUDED.channel, v.channel),
                                 COALESCE(EXCLUDED.extractor, v.extractor),

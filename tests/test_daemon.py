@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -72,3 +73,54 @@ def test_poll_interval_must_be_a_duration(ingest_env: dict[str, str]) -> None:
     result = ingest(ingest_env, "daemon", "/tmp", "--poll-interval", "soon")
     assert result.returncode == 2
     assert "error: invalid interval 'soon'" in result.stderr
+
+
+def hls(source: Path, folder: Path, *, ended: bool) -> None:
+    """`folder/stream.m3u8`: an HLS stream of the audio, still live unless `ended`."""
+    playlist = folder / "stream.m3u8"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(source), "-c:a", "aac", "-f", "hls",
+         "-hls_time", "2", "-hls_playlist_type", "vod",
+         "-hls_segment_filename", str(folder / "segment%d.ts"), str(playlist)],
+        check=True,
+    )  # fmt: skip
+    if not ended:  # a live playlist has no end yet: more segments may come
+        lines = playlist.read_text().splitlines()
+        kept = [line for line in lines if "ENDLIST" not in line and "PLAYLIST-TYPE" not in line]
+        playlist.write_text("\n".join(kept) + "\n")
+
+
+def test_a_live_stream_is_skipped_until_it_ends(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.short, site / "a.wav")
+    hls(speech.medium, site, ended=False)
+    items = [Item("a", "Upload", "a.wav"), Item("live", "Live now", "stream.m3u8")]
+    with serve(site) as base:
+        feed = write_feed(site, base, items)
+        daemon = start(ingest_env, "daemon", feed, "--poll-interval", "1s")
+        try:
+            wait_until(database_url, {"generic:a": "done", "generic:live": "skipped"})
+            assert asyncio.run(errors(database_url)) == {"generic:live": "skipped: live stream"}
+            hls(speech.medium, site, ended=True)
+            wait_until(database_url, {"generic:a": "done", "generic:live": "done"})
+            daemon.send_signal(signal.SIGTERM)
+            out, err = daemon.communicate(timeout=60)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.communicate()
+    assert daemon.returncode == 0, err
+    assert "stopped: 2 done, 0 failed" in out
+    assert asyncio.run(errors(database_url)) == {}
+
+
+async def errors(database_url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT id, error FROM videos WHERE error IS NOT NULL")
+    finally:
+        await conn.close()
+    return {r["id"]: r["error"] for r in rows}

@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from db.videos import DiscoveredVideo, record_discovered
+from db.videos import DiscoveredVideo, mark_skipped, record_discovered
 from ingest.download import Downloader, DownloadOptions, NotYetAvailable, PermanentDownloadError
 from ingest.retry import Database, RetryPolicy, is_transient, retry_transient
 
@@ -99,6 +99,15 @@ async def test_live_and_upcoming_streams_are_skipped_until_they_end(pool: asyncp
         await record_discovered(conn, [ended])
         row = await conn.fetchrow("SELECT status, error FROM videos WHERE id = 's1'")
         assert (row["status"], row["error"]) == ("discovered", None)
+        await record_discovered(conn, [upcoming])
+        assert await conn.fetchval("SELECT status FROM videos WHERE id = 's2'") == "skipped"
+
+        # A feed lists no live status; the download found the stream live and skipped it.
+        fed = DiscoveredVideo("f1", "http://example.test/live.m3u8", "Feed stream")
+        await record_discovered(conn, [fed])
+        await mark_skipped(conn, "f1", "live stream")
+        await record_discovered(conn, [fed])
+        assert await conn.fetchval("SELECT status FROM videos WHERE id = 'f1'") == "discovered"
 
 
 def test_streams_and_overlong_videos_are_refused_before_downloading(tmp_path: Path) -> None:
