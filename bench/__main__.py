@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bench import downloads, models, pipeline, sink
+from bench import downloads, gpu, models, pipeline, sink
 from bench.database import server
 from bench.results import Figure, show, write
 from ingest.logging import configure_logging
@@ -30,10 +30,7 @@ def _run(name: str, quick: bool, uri: str) -> list[Figure]:
         return downloads.downloads(files=10 if quick else 30, rate=100_000)
     if name == "models":
         return models.asr(quick) + models.embeddings(quick)
-    return [
-        Figure("gpu", "end-to-end on a GPU", None,
-               detail={"status": "not run: needs an NVIDIA GPU; see README (Benchmarks)"})
-    ]  # fmt: skip
+    return gpu.gpu(uri, quick)
 
 
 @app.command()
@@ -49,7 +46,7 @@ def main(
 ) -> None:
     """Run the benchmarks, print a table, write JSON results."""
     configure_logging("warning")
-    chosen = names or [n for n in NAMES if n != "gpu"]
+    chosen = names or list(NAMES)
     unknown = set(chosen) - set(NAMES)
     if unknown:
         raise typer.BadParameter(f"unknown benchmarks: {', '.join(sorted(unknown))}")

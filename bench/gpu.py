@@ -1,0 +1,252 @@
+"""End to end on a GPU: the real backfill with real-architecture random-weight models.
+
+Whisper is shaped like distil-large-v3 (32 encoder layers, 2 decoder layers, width 1280) with
+its decoder scripted to emit 90 tokens per window, about what real speech decodes to; speakers
+go through the full path (pyannote pipeline with WeSpeaker ResNet34 embeddings, ECAPA at its
+real width); embeddings are MiniLM, then a 1536-d embedder (BERT-large-shaped). NVML is sampled
+every second. Figures: audio hours per hour and GPU busy %, both over the steady state (from
+the first video done to the last, so model loading and the first fill are left out).
+
+Without a GPU, `--quick` runs the same code on CPU with tiny models as a smoke test (figures
+reported, no target judged), and a full run reports that it was not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from bench.database import fresh_database
+from bench.results import Figure
+from ingest.backfill import backfill
+from ingest.config import Settings, cuda_device_count
+from tests.speech import SENTENCES, speak
+from tests.standins import (
+    DISTIL_LARGE_V3,
+    TINY,
+    WhisperShape,
+    filler_words,
+    minilm_path,
+    write_diarization,
+    write_sentence_embedder,
+    write_voice,
+    write_whisper,
+)
+from workers.asr import SAMPLE_RATE, decode_audio
+
+TOKENS_PER_WINDOW = 90  # English speech: ~2.5 words/s, ~1.2 tokens a word, 30 s windows
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    device: Literal["cpu", "cuda"]
+    videos: int
+    video_s: float
+    whisper: WhisperShape
+    compute_type: str
+    asr_workers: int
+    asr_batch: int
+    voice_channels: int
+    embedder_hidden: int
+    embedder_layers: int
+
+
+GPU = Scale("cuda", videos=64, video_s=600, whisper=DISTIL_LARGE_V3, compute_type="float16",
+            asr_workers=4, asr_batch=16, voice_channels=1024, embedder_hidden=1024,
+            embedder_layers=24)  # fmt: skip
+SMOKE = Scale("cpu", videos=3, video_s=20, whisper=TINY, compute_type="int8", asr_workers=1,
+              asr_batch=4, voice_channels=256, embedder_hidden=128, embedder_layers=2)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    asr: Path
+    voice: Path
+    diarization: Path
+    embedders: dict[str, Path]
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    audio_h_per_h: float
+    busy: float | None  # mean GPU utilisation, 0..1; None without NVML
+    videos: int
+    audio_s: float
+    window_s: float
+
+
+def gpu(server_uri: str, quick: bool) -> list[Figure]:
+    if cuda_device_count() == 0 and not quick:
+        return [
+            Figure("gpu", "end-to-end on a GPU", None,
+                   detail={"status": "not run: no CUDA device; see README (Benchmarks)"})
+        ]  # fmt: skip
+    scale = SMOKE
+    if cuda_device_count() > 0:
+        scale = replace(GPU, videos=8, video_s=120) if quick else GPU
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-gpu-") as tmp:
+        work = Path(tmp)
+        models = write_models(work / "models", scale)
+        folder = write_channel(work / "channel", scale)
+        figures: list[Figure] = []
+        for name, embedder in models.embedders.items():
+            settings = _settings(work / name, models, embedder, scale)
+            measured = asyncio.run(_measure(server_uri, settings, folder, scale.videos))
+            figures += _figures(name, measured, scale)
+    return figures
+
+
+def write_models(folder: Path, scale: Scale) -> Models:
+    return Models(
+        asr=write_whisper(
+            folder / "asr", shape=scale.whisper, script=filler_words(TOKENS_PER_WINDOW)
+        ),
+        voice=write_voice(folder / "voice", channels=scale.voice_channels),
+        diarization=write_diarization(folder / "diarization", wespeaker=True),
+        embedders={
+            "MiniLM": minilm_path(),
+            "1536-d": write_sentence_embedder(
+                folder / "e1536", hidden=scale.embedder_hidden, layers=scale.embedder_layers
+            ),
+        },
+    )
+
+
+def write_channel(folder: Path, scale: Scale) -> Path:
+    """`scale.videos` files of speech, each `scale.video_s` long (hard links of one file)."""
+    folder.mkdir(parents=True)
+    speech = decode_audio(speak(folder.parent / "speech.wav", SENTENCES))
+    repeats = int(np.ceil(scale.video_s * SAMPLE_RATE / len(speech)))
+    audio = np.tile(speech, repeats)[: int(scale.video_s * SAMPLE_RATE)]
+    first = folder / "video-000.wav"
+    _write_wav(first, audio)
+    for i in range(1, scale.videos):
+        os.link(first, folder / f"video-{i:03d}.wav")
+    return folder
+
+
+def _write_wav(path: Path, audio: npt.NDArray[np.float32]) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+
+
+def _settings(data_dir: Path, models: Models, embedder: Path, scale: Scale) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        device=scale.device,
+        asr_model=str(models.asr),
+        asr_compute_type=scale.compute_type,
+        asr_workers=scale.asr_workers,
+        asr_batch_size=scale.asr_batch,
+        voice_model=str(models.voice),
+        diarization_model=str(models.diarization),
+        embedding_model=str(embedder),
+        metrics_addr="",
+    )
+
+
+async def _measure(server_uri: str, settings: Settings, folder: Path, videos: int) -> Measured:
+    settings = settings.model_copy(update={"database_url": await fresh_database(server_uri)})
+    with _nvml_samples() as samples:
+        result = await backfill([str(folder)], settings)
+    if result.failed or result.done != videos:
+        raise RuntimeError(f"the benchmark's backfill did not finish cleanly: {result}")
+    assert settings.database_url is not None
+    done = await _done_times(settings.database_url)
+    first, last = done[0][0], done[-1][0]
+    window = last - first
+    audio = sum(seconds for at, seconds in done if at > first)
+    if window <= 0:  # all done in one flush: no steady state to see, so the whole run
+        first, window = last - result.elapsed_s, result.elapsed_s
+        audio = sum(seconds for _, seconds in done)
+    busy = [u for at, u in samples if first <= at <= last]
+    return Measured(
+        audio_h_per_h=audio / window,
+        busy=float(np.mean(busy)) if busy else None,
+        videos=len(done),
+        audio_s=sum(seconds for _, seconds in done),
+        window_s=window,
+    )
+
+
+async def _done_times(database_url: str) -> list[tuple[float, float]]:
+    """(epoch seconds done, audio seconds) of every video, in the order they were done."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM done_at)::float8 AS at, duration_s FROM videos"
+            " WHERE status = 'done' ORDER BY done_at"
+        )
+    finally:
+        await conn.close()
+    return [(r["at"], r["duration_s"]) for r in rows]
+
+
+@contextmanager
+def _nvml_samples() -> Iterator[list[tuple[float, float]]]:
+    """(epoch seconds, utilisation 0..1 of GPU 0), once a second, while the block runs."""
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # no driver or no device: nothing to sample
+        yield samples
+        return
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            samples.append((time.time(), rates.gpu / 100))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+        pynvml.nvmlShutdown()
+
+
+def _figures(name: str, measured: Measured, scale: Scale) -> list[Figure]:
+    judged = scale.device == "cuda"
+    detail: dict[str, float | str] = {
+        "device": scale.device,
+        "videos": measured.videos,
+        "audio_h": round(measured.audio_s / 3600, 3),
+        "steady_window_s": round(measured.window_s, 1),
+        "asr_workers": scale.asr_workers,
+        "asr_batch": scale.asr_batch,
+    }
+    if not judged:
+        detail["status"] = "smoke: tiny models on CPU, not a measurement"
+    figures = [
+        Figure("gpu", f"audio hours per hour, {name} embeddings", measured.audio_h_per_h,
+               unit="x realtime", target=300.0 if judged else None, detail=detail)
+    ]  # fmt: skip
+    if measured.busy is not None:
+        figures.append(
+            Figure("gpu", f"GPU busy, {name} embeddings", measured.busy * 100, unit="%",
+                   target=90.0 if judged else None, detail=detail)
+        )  # fmt: skip
+    return figures
