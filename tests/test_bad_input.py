@@ -6,6 +6,7 @@ import asyncio
 import re
 import shutil
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -140,3 +141,46 @@ def test_truncated_local_files_fail_alone(
         assert videos[name]["status"] == "failed"
         assert videos[name]["error"].startswith("decode: truncated: "), videos[name]["error"]
         assert videos[name]["error"].endswith(f"the file states {seconds(speech.medium):.1f} s")
+
+
+def sparse_wav(path: Path, hours: float) -> Path:
+    """A valid 16 kHz mono WAV of `hours` of silence, taking almost no disk (a sparse file)."""
+    with wave.open(str(path), "wb") as header:
+        header.setnchannels(1)
+        header.setsampwidth(2)
+        header.setframerate(16000)
+        header.setnframes(int(hours * 3600 * 16000))
+        header.writeframesraw(b"")
+    size = path.stat().st_size + int(hours * 3600 * 16000) * 2
+    with path.open("r+b") as file:
+        file.truncate(size)
+    return path
+
+
+def test_very_long_audio_is_refused_before_it_is_decoded(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    """Ten hours would be 2.3 GB as samples: the refusal comes from the header, so the peak
+    memory of the whole run stays below what decoding it would take."""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    shutil.copy(speech.short, folder / "short.wav")
+    sparse_wav(folder / "ten-hours.wav", hours=10)
+    measure = (
+        "import resource, subprocess, sys;"
+        "r = subprocess.run([sys.executable, '-m', 'ingest', 'backfill', sys.argv[1]]);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)"
+    )
+    env = {k: v for k, v in ingest_env.items() if k != "INGEST_MAX_DURATION"}
+    result = subprocess.run(
+        [sys.executable, "-c", measure, str(folder)], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert "1 done, 1 failed of 2 videos" in result.stdout, result.stderr
+    peak_bytes = int(result.stdout.split()[-1])
+    assert peak_bytes < 2.3e9, peak_bytes
+    videos = {v["title"]: v for v in asyncio.run(rows(database_url)).values()}
+    assert videos["short"]["status"] == "done"
+    assert videos["ten-hours"]["error"] == (
+        "decode: too long: 36000 s of audio, INGEST_MAX_DURATION is 14400 s"
+    )
