@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -36,6 +38,26 @@ def wait_until(database_url: str, expected: dict[str, str], timeout: float = 120
     raise AssertionError(f"{asyncio.run(statuses(database_url))} != {expected}")
 
 
+@contextmanager
+def following(env: dict[str, str], feed: str) -> Iterator[subprocess.Popen[str]]:
+    """`ingest daemon` polling the feed every second; killed if the test leaves it running."""
+    daemon = start(env, "daemon", feed, "--poll-interval", "1s")
+    try:
+        yield daemon
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+
+
+def stop(daemon: subprocess.Popen[str]) -> str:
+    """SIGTERM; the daemon must exit 0. Returns what it printed."""
+    daemon.send_signal(signal.SIGTERM)
+    out, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    return out
+
+
 def test_daemon_ingests_new_uploads_and_stops_on_sigterm(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
 ) -> None:
@@ -46,8 +68,7 @@ def test_daemon_ingests_new_uploads_and_stops_on_sigterm(
     first = [Item("a", "First", "a.wav"), Item("gone", "Broken", "gone.wav")]
     with serve(site) as base:
         feed = write_feed(site, base, first)
-        daemon = start(ingest_env, "daemon", feed, "--poll-interval", "1s")
-        try:
+        with following(ingest_env, feed) as daemon:
             wait_until(database_url, {"generic:a": "done", "generic:gone": "failed"})
             write_feed(site, base, [*first, Item("b", "New upload", "b.wav")])
             wait_until(
@@ -56,13 +77,7 @@ def test_daemon_ingests_new_uploads_and_stops_on_sigterm(
             )
             assert daemon.poll() is None  # a bad video never stops the daemon
             stopped_at = time.monotonic()
-            daemon.send_signal(signal.SIGTERM)
-            out, err = daemon.communicate(timeout=60)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.communicate()
-    assert daemon.returncode == 0, err
+            out = stop(daemon)
     assert time.monotonic() - stopped_at < 30
     assert "stopped: 2 done, 1 failed" in out
 
@@ -100,19 +115,12 @@ def test_a_live_stream_is_skipped_until_it_ends(
     items = [Item("a", "Upload", "a.wav"), Item("live", "Live now", "stream.m3u8")]
     with serve(site) as base:
         feed = write_feed(site, base, items)
-        daemon = start(ingest_env, "daemon", feed, "--poll-interval", "1s")
-        try:
+        with following(ingest_env, feed) as daemon:
             wait_until(database_url, {"generic:a": "done", "generic:live": "skipped"})
             assert asyncio.run(errors(database_url)) == {"generic:live": "skipped: live stream"}
             hls(speech.medium, site, ended=True)
             wait_until(database_url, {"generic:a": "done", "generic:live": "done"})
-            daemon.send_signal(signal.SIGTERM)
-            out, err = daemon.communicate(timeout=60)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.communicate()
-    assert daemon.returncode == 0, err
+            out = stop(daemon)
     assert "stopped: 2 done, 0 failed" in out
     assert asyncio.run(errors(database_url)) == {}
 

@@ -103,16 +103,22 @@ def test_kill_9_then_restart_ends_as_a_clean_run(
         wait_for(port, process, moment)
         process.send_signal(signal.SIGKILL)
         process.communicate()
+        restart_ends_as_a_clean_run(ingest_env, feed, database_url, pg_uri)
 
-        restart = run(ingest_env, "backfill", feed)
-        assert restart.returncode == 0, restart.stderr
-        clean_url = asyncio.run(create_database(pg_uri))
-        clean = run({**ingest_env, "DATABASE_URL": clean_url}, "backfill", feed)
-        assert clean.returncode == 0, clean.stderr
+
+def restart_ends_as_a_clean_run(
+    env: dict[str, str], feed: str, database_url: str, pg_uri: str
+) -> None:
+    """Runs the backfill again after a crash and compares the result with a clean run's."""
+    restart = run(env, "backfill", feed)
+    assert restart.returncode == 0, restart.stderr
+    clean_url = asyncio.run(create_database(pg_uri))
+    clean = run({**env, "DATABASE_URL": clean_url}, "backfill", feed)
+    assert clean.returncode == 0, clean.stderr
     after_crash = asyncio.run(snapshot(database_url))
     assert after_crash == asyncio.run(snapshot(clean_url))
     assert {v[1] for v in after_crash[0]} == {"done"}
-    audio = Path(ingest_env["INGEST_DATA_DIR"]) / "audio"
+    audio = Path(env["INGEST_DATA_DIR"]) / "audio"
     assert not audio.exists() or not any(audio.rglob("*"))  # no stale partial files
 
 
@@ -167,17 +173,7 @@ def test_kill_9_inside_a_flush_transaction_then_restart_ends_as_a_clean_run(
     with serve(folder) as base:
         feed = write_feed(folder, base, items)
         asyncio.run(_kill_inside_a_flush(database_url, ingest_env, feed))
-
-        restart = run(ingest_env, "backfill", feed)
-        assert restart.returncode == 0, restart.stderr
-        clean_url = asyncio.run(create_database(pg_uri))
-        clean = run({**ingest_env, "DATABASE_URL": clean_url}, "backfill", feed)
-        assert clean.returncode == 0, clean.stderr
-    after_crash = asyncio.run(snapshot(database_url))
-    assert after_crash == asyncio.run(snapshot(clean_url))
-    assert {v[1] for v in after_crash[0]} == {"done"}
-    audio = Path(ingest_env["INGEST_DATA_DIR"]) / "audio"
-    assert not audio.exists() or not any(audio.rglob("*"))
+        restart_ends_as_a_clean_run(ingest_env, feed, database_url, pg_uri)
 
 
 def test_sigterm_exits_0_within_the_grace_period_and_loses_nothing(
