@@ -20,6 +20,7 @@ from bench.synthetic import Costs, SleepingAsr, SleepingDownloader, SleepingEmbe
 from db.corpus import ensure_embedding_model
 from db.migrate import apply_migrations
 from db.pool import create_pool
+from ingest.config import Settings
 from ingest.download import DownloadOptions
 from ingest.embed import BatchRules
 from ingest.ledger import Ledger
@@ -78,7 +79,8 @@ async def run_synthetic(server_uri: str, costs: Costs, videos: int) -> float:
             work = Path(tmp)
             template = write_template(work / "template.wav", costs.audio_s)
             download = DownloadOptions(work / "audio", workers=costs.download_workers)
-            options = PipelineOptions(download, ChunkingOptions(10, 1000), BatchRules(1000, 0.5))
+            batching = BatchRules(1000, Settings.model_fields["embed_flush_seconds"].default)
+            options = PipelineOptions(download, ChunkingOptions(10, 1000), batching)
             speakers = SpeakerAttributor(SpeakerOptions(mode="off"), None, None, [])
             workers = tuple(
                 GpuWorker(SleepingAsr(costs), speakers) for _ in range(costs.asr_workers)

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embed_batch: int = Field(default=1000, ge=1)
     embed_encode_batch: int = Field(default=32, ge=1)
-    embed_flush_seconds: float = Field(default=0.5, gt=0)
+    embed_flush_seconds: float = Field(default=0.1, gt=0)
     voice_model: str = "speechbrain/spkrec-ecapa-voxceleb"
     voice_batch_size: int = Field(default=32, ge=1)
     diarization_model: str = "pyannote/speaker-diarization-3.1"
