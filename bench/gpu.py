@@ -157,6 +157,7 @@ def _settings(data_dir: Path, models: Models, embedder: Path, scale: Scale) -> S
         asr_batch_size=scale.asr_batch,
         voice_model=str(models.voice),
         diarization_model=str(models.diarization),
+        diarization="auto",  # no host is enrolled: every video takes the full speaker path
         embedding_model=str(embedder),
         metrics_addr="",
     )
