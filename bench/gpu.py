@@ -14,11 +14,12 @@ reported, no target judged), and a full run reports that it was not run.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import subprocess
 import tempfile
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,13 +28,14 @@ from typing import Literal
 
 import asyncpg
 import numpy as np
-import numpy.typing as npt
 
 from bench.database import fresh_database
 from bench.results import Figure
 from ingest.backfill import backfill
 from ingest.config import Settings, cuda_device_count
-from tests.speech import SENTENCES, speak
+from ingest.gpu import GpuSampler
+from ingest.metrics import Metrics
+from tests.speech import SENTENCES, speak, wav_seconds
 from tests.standins import (
     DISTIL_LARGE_V3,
     TINY,
@@ -45,7 +47,6 @@ from tests.standins import (
     write_voice,
     write_whisper,
 )
-from workers.asr import SAMPLE_RATE, decode_audio
 
 TOKENS_PER_WINDOW = 90  # English speech: ~2.5 words/s, ~1.2 tokens a word, 30 s windows
 
@@ -129,22 +130,16 @@ def write_models(folder: Path, scale: Scale) -> Models:
 def write_channel(folder: Path, scale: Scale) -> Path:
     """`scale.videos` files of speech, each `scale.video_s` long (hard links of one file)."""
     folder.mkdir(parents=True)
-    speech = decode_audio(speak(folder.parent / "speech.wav", SENTENCES))
-    repeats = int(np.ceil(scale.video_s * SAMPLE_RATE / len(speech)))
-    audio = np.tile(speech, repeats)[: int(scale.video_s * SAMPLE_RATE)]
+    speech = speak(folder.parent / "speech.wav", SENTENCES)
+    repeats = math.ceil(scale.video_s / wav_seconds(speech))
     first = folder / "video-000.wav"
-    _write_wav(first, audio)
+    subprocess.run(
+        ["sox", str(speech), str(first), "repeat", str(repeats), "trim", "0", str(scale.video_s)],
+        check=True,
+    )
     for i in range(1, scale.videos):
         os.link(first, folder / f"video-{i:03d}.wav")
     return folder
-
-
-def _write_wav(path: Path, audio: npt.NDArray[np.float32]) -> None:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
 def _settings(data_dir: Path, models: Models, embedder: Path, scale: Scale) -> Settings:
@@ -165,24 +160,24 @@ def _settings(data_dir: Path, models: Models, embedder: Path, scale: Scale) -> S
 
 async def _measure(server_uri: str, settings: Settings, folder: Path, videos: int) -> Measured:
     settings = settings.model_copy(update={"database_url": await fresh_database(server_uri)})
-    with _nvml_samples() as samples:
+    with _gpu_samples() as samples:
         result = await backfill([str(folder)], settings)
     if result.failed or result.done != videos:
         raise RuntimeError(f"the benchmark's backfill did not finish cleanly: {result}")
     assert settings.database_url is not None
     done = await _done_times(settings.database_url)
     first, last = done[0][0], done[-1][0]
+    total = sum(seconds for _, seconds in done)
     window = last - first
     audio = sum(seconds for at, seconds in done if at > first)
     if window <= 0:  # all done in one flush: no steady state to see, so the whole run
-        first, window = last - result.elapsed_s, result.elapsed_s
-        audio = sum(seconds for _, seconds in done)
+        first, window, audio = last - result.elapsed_s, result.elapsed_s, total
     busy = [u for at, u in samples if first <= at <= last]
     return Measured(
         audio_h_per_h=audio / window,
         busy=float(np.mean(busy)) if busy else None,
         videos=len(done),
-        audio_s=sum(seconds for _, seconds in done),
+        audio_s=total,
         window_s=window,
     )
 
@@ -201,23 +196,16 @@ async def _done_times(database_url: str) -> list[tuple[float, float]]:
 
 
 @contextmanager
-def _nvml_samples() -> Iterator[list[tuple[float, float]]]:
+def _gpu_samples() -> Iterator[list[tuple[float, float]]]:
     """(epoch seconds, utilisation 0..1 of GPU 0), once a second, while the block runs."""
     samples: list[tuple[float, float]] = []
+    sampler = GpuSampler(Metrics())
     stop = threading.Event()
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-    except Exception:  # no driver or no device: nothing to sample
-        yield samples
-        return
 
     def sample() -> None:
         while not stop.wait(1.0):
-            rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            samples.append((time.time(), rates.gpu / 100))
+            if readings := sampler.read():
+                samples.append((time.time(), readings[0].utilization))
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -226,7 +214,7 @@ def _nvml_samples() -> Iterator[list[tuple[float, float]]]:
     finally:
         stop.set()
         thread.join()
-        pynvml.nvmlShutdown()
+        sampler.close()
 
 
 def _figures(name: str, measured: Measured, scale: Scale) -> list[Figure]:

@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, VideoJob
 from ingest.retry import RetryPolicy, retry_transient
+from workers.audio import too_long
 
 log = structlog.get_logger()
 
@@ -89,11 +90,8 @@ class Downloader:
         live = info.get("live_status")
         if live in ("is_live", "is_upcoming") or info.get("is_live"):
             raise NotYetAvailable(f"{'upcoming' if live == 'is_upcoming' else 'live'} stream")
-        duration, limit = info.get("duration"), self.options.max_duration_s
-        if duration and limit and duration > limit:
-            raise PermanentDownloadError(
-                f"too long: {duration:.0f} s of audio, INGEST_MAX_DURATION is {limit:.0f} s"
-            )
+        if reason := too_long(info.get("duration"), self.options.max_duration_s):
+            raise PermanentDownloadError(reason)
 
     def _ydl(self) -> Any:
         ydl = getattr(self._local, "ydl", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -10,6 +11,13 @@ import structlog
 from ingest.metrics import Metrics
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    utilization: float  # 0..1 of the last sample period
+    memory_used: int  # bytes
+    memory_total: int
 
 
 class GpuSampler:
@@ -31,14 +39,21 @@ class GpuSampler:
             log.debug("nvml_unavailable", error=str(exc))
         metrics.gpu_available.set(1 if self._handles else 0)
 
-    def sample(self) -> None:
-        for index, handle in enumerate(self._handles):
-            gpu = str(index)
+    def read(self) -> list[GpuReading]:
+        """One reading per visible GPU, in index order (none without a driver)."""
+        readings = []
+        for handle in self._handles:
             rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
             memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            self.metrics.gpu_utilization.labels(gpu).set(rates.gpu / 100)
-            self.metrics.gpu_memory_used.labels(gpu).set(memory.used)
-            self.metrics.gpu_memory_total.labels(gpu).set(memory.total)
+            readings.append(GpuReading(rates.gpu / 100, memory.used, memory.total))
+        return readings
+
+    def sample(self) -> None:
+        for index, reading in enumerate(self.read()):
+            gpu = str(index)
+            self.metrics.gpu_utilization.labels(gpu).set(reading.utilization)
+            self.metrics.gpu_memory_used.labels(gpu).set(reading.memory_used)
+            self.metrics.gpu_memory_total.labels(gpu).set(reading.memory_total)
 
     def close(self) -> None:
         if self._nvml is not None:

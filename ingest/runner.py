@@ -39,9 +39,9 @@ async def run_jobs(
     ledger: Ledger,
     feed: AsyncIterator[VideoJob],
     display: Display | None = None,
-) -> bool:
+) -> None:
     """Loads the models, then runs the pipeline on `feed` until it ends or the run is stopped;
-    whatever this process still holds is handed back. True when it ran to the end."""
+    whatever this process still holds is handed back."""
     settings, db, claims = session.settings, session.db, session.claims
     profiles = await db.run(lambda conn: load_profiles(conn, settings.voice_model))
     models = await asyncio.to_thread(load_models, settings, profiles)
@@ -64,9 +64,8 @@ async def run_jobs(
         with display(ledger, pipeline) if display else nullcontext():
             async with asyncio.TaskGroup() as tg:
                 renewal = tg.create_task(claims.renew_forever())
-                completed = await session.shutdown.run(pipeline.run(feed))
+                await session.shutdown.run(pipeline.run(feed))
                 renewal.cancel()
     finally:
         await claims.hand_back_all()
         shutil.rmtree(audio_dir, ignore_errors=True)
-    return completed

@@ -57,14 +57,13 @@ class Shutdown:
         except TimeoutError:
             log.warning("grace_period_over", grace_s=self.grace_s)
 
-    async def run(self, work: Coroutine[Any, Any, None]) -> bool:
-        """Runs `work` until it ends or the deadline comes; True if it ended by itself."""
+    async def run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` until it ends or the deadline comes."""
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(work)
             watchdog = tg.create_task(self._cancel_at_deadline(task))
             await asyncio.wait({task})
             watchdog.cancel()
-        return not task.cancelled()
 
     async def _cancel_at_deadline(self, task: asyncio.Task[None]) -> None:
         await self.deadline()

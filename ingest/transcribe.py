@@ -18,7 +18,7 @@ from ingest.messages import AudioFile, TranscribedVideo
 from ingest.metrics import Metrics
 from ingest.models import GpuWorker
 from workers.asr import Waveform, decode_audio, duration_s
-from workers.audio import check_complete, stated_duration
+from workers.audio import check_complete, stated_duration, too_long
 from workers.chunking import ChunkingOptions, chunk_segments
 
 log = structlog.get_logger()
@@ -139,10 +139,8 @@ def _decode(path: Path, max_duration_s: float | None) -> Waveform:
     """Decodes once, after checking the stated duration (memory stays bounded); audio that ends
     well before its header says is refused rather than transcribed in part."""
     stated = stated_duration(path)
-    if max_duration_s and stated and stated > max_duration_s:
-        raise ValueError(
-            f"too long: {stated:.0f} s of audio, INGEST_MAX_DURATION is {max_duration_s:.0f} s"
-        )
+    if reason := too_long(stated, max_duration_s):
+        raise ValueError(reason)
     waveform = decode_audio(path)
     check_complete(stated, duration_s(waveform))
     return waveform

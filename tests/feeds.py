@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,15 @@ def serve(folder: Path, bytes_per_second: int | None = None) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def fill(folder: Path, sources: Sequence[Path], count: int) -> list[Item]:
+    """`count` videos `0.wav`, `1.wav`, ... in `folder`, copies of `sources` in turn."""
+    items = []
+    for i in range(count):
+        shutil.copy(sources[i % len(sources)], folder / f"{i}.wav")
+        items.append(Item(f"v{i}", f"Video {i}", f"{i}.wav"))
+    return items
 
 
 def write_feed(folder: Path, base_url: str, items: Sequence[Item], name: str = "feed.xml") -> str:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Speech
 from tests.feeds import Item, serve, write_feed
+from tests.speech import wav_seconds
 from tests.test_backfill import ingest
 
 HOSTILE = "'; DROP TABLE videos; -- $(touch /tmp/ingest-pwned) ../../etc/passwd ü🎙️\u202e"
@@ -36,11 +37,6 @@ def cut(source: Path, target: Path) -> Path:
     data = source.read_bytes()
     target.write_bytes(data[: len(data) // 2])
     return target
-
-
-def seconds(wav: Path) -> float:
-    with wave.open(str(wav)) as audio:
-        return float(audio.getnframes() / audio.getframerate())
 
 
 @pytest.fixture
@@ -106,7 +102,7 @@ def test_each_bad_item_fails_alone_with_a_clear_error(
             errors["truncated"],
         )
         assert truncated, errors["truncated"]
-        whole = seconds(bad_site / "hostile.wav")
+        whole = wav_seconds(bad_site / "hostile.wav")
         assert float(truncated[1]) == pytest.approx(whole / 2, abs=0.11)
         assert float(truncated[2]) == pytest.approx(whole, abs=0.051)
         for name in ("html", "corrupt", "empty"):
@@ -140,7 +136,7 @@ def test_truncated_local_files_fail_alone(
     for name in ("cut-wav", "cut-flac"):
         assert videos[name]["status"] == "failed"
         assert videos[name]["error"].startswith("decode: truncated: "), videos[name]["error"]
-        assert videos[name]["error"].endswith(f"the file states {seconds(speech.medium):.1f} s")
+        assert videos[name]["error"].endswith(f"the file states {wav_seconds(speech.medium):.1f} s")
 
 
 def sparse_wav(path: Path, hours: float) -> Path:

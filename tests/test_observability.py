@@ -15,7 +15,7 @@ from typing import Any
 
 from db.embedded import start_embedded, stop_embedded
 from tests.conftest import Speech, pg_folder
-from tests.feeds import Item, serve, write_feed
+from tests.feeds import Item, fill, serve, write_feed
 from tests.observing import Samples, free_port, health, scrape, start, value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +27,7 @@ def channel(tmp_path: Path, speech: Speech, copies: int, rate: int) -> Iterator[
     """A throttled feed of `copies` videos plus one that is missing; yields its URL."""
     site = tmp_path / "site"
     site.mkdir()
-    items = []
-    for i in range(copies):
-        source = (speech.medium, speech.long, speech.short)[i % 3]
-        shutil.copy(source, site / f"{i}.wav")
-        items.append(Item(f"v{i}", f"Video {i}", f"{i}.wav"))
+    items = fill(site, (speech.medium, speech.long, speech.short), copies)
     items.append(Item("gone", "Missing", "gone.wav"))
     with serve(site, bytes_per_second=rate) as base:
         yield write_feed(site, base, items)

@@ -17,7 +17,7 @@ import pytest
 
 from db.embedded import start_embedded, stop_embedded
 from tests.conftest import Speech, create_database, pg_folder
-from tests.feeds import Item, serve, write_feed
+from tests.feeds import Item, fill, serve, write_feed
 from tests.observing import Samples, free_port, scrape, start, value
 
 VIDEOS = 6
@@ -27,12 +27,7 @@ VIDEOS = 6
 def site(tmp_path: Path, speech: Speech) -> tuple[Path, list[Item]]:
     folder = tmp_path / "site"
     folder.mkdir()
-    items = []
-    for i in range(VIDEOS):
-        source = (speech.medium, speech.long, speech.short)[i % 3]
-        shutil.copy(source, folder / f"{i}.wav")
-        items.append(Item(f"v{i}", f"Video {i}", f"{i}.wav"))
-    return folder, items
+    return folder, fill(folder, (speech.medium, speech.long, speech.short), VIDEOS)
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -130,10 +125,11 @@ CREATE TRIGGER pause_flush BEFORE UPDATE ON videos FOR EACH ROW
 WHEN (NEW.status = 'done' AND OLD.status <> 'done') EXECUTE FUNCTION pause_flush();
 """
 
-_PAUSED = (
+_FLUSHING = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-    " AND wait_event = 'advisory' AND query LIKE '%status = ''done''%'"
+    " AND query LIKE '%status = ''done''%'"
 )
+_PAUSED = _FLUSHING + " AND wait_event = 'advisory'"
 
 
 async def _until(conn: asyncpg.Connection, query: str, wanted: int) -> None:
@@ -157,7 +153,7 @@ async def _kill_inside_a_flush(database_url: str, env: dict[str, str], feed: str
         process.communicate()
         await conn.execute("SELECT pg_advisory_unlock(4242)")
         # The server finds its client gone and rolls the transaction back.
-        await _until(conn, _PAUSED.replace("wait_event = 'advisory' AND ", ""), 0)
+        await _until(conn, _FLUSHING, 0)
         await conn.execute("DROP TRIGGER pause_flush ON videos; DROP FUNCTION pause_flush()")
         assert await conn.fetchval("SELECT count(*) FROM segments") == 0
         assert await conn.fetchval("SELECT count(*) FROM videos WHERE status = 'done'") == 0

@@ -38,6 +38,13 @@ def _wav_header_duration(path: Path) -> float | None:
     return float(frames / rate)
 
 
+def too_long(stated_s: float | None, limit_s: float | None) -> str | None:
+    """Why audio of this stated length is refused (None when it is not, or nothing is known)."""
+    if stated_s and limit_s and stated_s > limit_s:
+        return f"too long: {stated_s:.0f} s of audio, INGEST_MAX_DURATION is {limit_s:.0f} s"
+    return None
+
+
 def check_complete(stated_s: float | None, decoded_s: float) -> None:
     """Raises `TruncatedAudio` when clearly less audio was decoded than the header states;
     encoder padding and rounding make a fraction of a second either way normal."""
