@@ -57,14 +57,39 @@ async def claim_next(
     return video_id
 
 
-async def count_claimable(conn: asyncpg.Connection, ids: Sequence[str], rules: ClaimRules) -> int:
-    count: int = await conn.fetchval(
-        f"SELECT count(*) FROM videos WHERE {_CLAIMABLE}",  # noqa: S608 - constant fragment
+_COUNT_CLAIMABLE = f"""
+    SELECT count(*) AS videos, coalesce(sum(duration_s), 0) AS audio_s,
+        count(*) - count(duration_s) AS unknown
+    FROM videos WHERE {_CLAIMABLE}
+"""  # noqa: S608 - a constant fragment; every value is a parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Claimable:
+    """What is left to do among some videos: how many, and their audio as listed."""
+
+    videos: int
+    audio_s: float  # of the videos whose listing stated a length
+    unknown: int  # videos whose listing stated no length
+
+    def audio_of(self, count: int) -> float:
+        """Audio of `count` of these videos, the unknown ones taken at the mean known length."""
+        known = self.videos - self.unknown
+        if not known:
+            return 0.0
+        return self.audio_s / known * min(count, self.videos)
+
+
+async def count_claimable(
+    conn: asyncpg.Connection, ids: Sequence[str], rules: ClaimRules
+) -> Claimable:
+    row = await conn.fetchrow(
+        _COUNT_CLAIMABLE,
         list(ids),
         rules.retry_failed_before,
         rules.reprocess_done_before,
     )
-    return count
+    return Claimable(row["videos"], float(row["audio_s"]), row["unknown"])
 
 
 async def renew(conn: asyncpg.Connection, owner: str, ttl_s: float) -> int:

@@ -38,6 +38,28 @@ class StatusSummary:
     chunks: int
     audio_seconds: float
     recent_errors: list[RecentError]
+    todo_audio_seconds: float = 0.0  # discovered or in progress, as the listings state it
+    todo_unknown: int = 0  # of those, videos whose listing stated no length
+    recent_rate: float | None = None  # audio seconds per second done over the last hour
+
+    @property
+    def eta_s(self) -> float | None:
+        """Time left for what is to do at the last hour's rate."""
+        if not self.recent_rate or not self.todo_audio_seconds:
+            return None
+        return self.todo_audio_seconds / self.recent_rate
+
+
+# Over the last hour: audio done ÷ time since the first of those videos finished (at least a
+# minute, so that one video done a second ago does not promise an absurd rate).
+_RECENT_RATE = """
+    SELECT sum(duration_s) / greatest(extract(epoch FROM now() - min(done_at)), 60)
+    FROM videos WHERE status = 'done' AND done_at > now() - interval '1 hour'
+"""
+_TODO = """
+    SELECT coalesce(sum(duration_s), 0) AS audio_s, count(*) - count(duration_s) AS unknown
+    FROM videos WHERE status IN ('discovered', 'processing')
+"""
 
 
 async def record_discovered(conn: asyncpg.Connection, videos: Sequence[DiscoveredVideo]) -> None:
@@ -134,6 +156,14 @@ async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> Statu
         RecentError(r["id"], r["title"], r["error"] or "", r["attempts"], r["updated_at"])
         for r in rows
     ]
+    todo = await conn.fetchrow(_TODO)
+    rate = await conn.fetchval(_RECENT_RATE)
     return StatusSummary(
-        counts=counts, chunks=chunks, audio_seconds=float(audio), recent_errors=recent
+        counts=counts,
+        chunks=chunks,
+        audio_seconds=float(audio),
+        recent_errors=recent,
+        todo_audio_seconds=float(todo["audio_s"]),
+        todo_unknown=todo["unknown"],
+        recent_rate=None if rate is None else float(rate),
     )

@@ -13,7 +13,7 @@ import structlog
 
 from db import videos
 from db.corpus import ensure_search_index
-from db.leases import ClaimRules
+from db.leases import Claimable, ClaimRules
 from ingest.claims import Claims, new_owner
 from ingest.config import Settings
 from ingest.database import open_database
@@ -86,8 +86,11 @@ async def backfill(
     async with session(settings, rules, shutdown) as (run, metrics):
         listed, source_failures = await discover(sources, settings, run.db)
         jobs = {v.record.id: v.job for v in listed}
-        total = await run.claims.count(list(jobs))
-        ledger = Ledger(run.db, min(total, limit or total), metrics, run.claims.owner)
+        todo = await run.claims.count(list(jobs))
+        total = min(todo.videos, limit or todo.videos)
+        ledger = Ledger(run.db, total, metrics, run.claims.owner)
+        ledger.counters.planned_audio_s = todo.audio_of(total)
+        announce(todo, total)
         if total:
             feed = run.claims.jobs(jobs, shutdown.requested, limit)
             await run_jobs(run, ledger, feed, display)
@@ -106,6 +109,17 @@ async def backfill(
         elapsed_s=time.perf_counter() - started,
         failures=tuple(ledger.failures),
         source_failures=tuple(source_failures),
+    )
+
+
+def announce(todo: Claimable, total: int) -> None:
+    """What the run is about to do, before models load: the user sees the size of the job."""
+    log.info(
+        "backfill_planned",
+        videos=total,
+        not_yet_done=todo.videos,
+        audio_hours=round(todo.audio_of(total) / 3600, 2),
+        unknown_length=todo.unknown,
     )
 
 

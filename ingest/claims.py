@@ -76,7 +76,7 @@ class Claims:
         log.info("leases_taken_over", owners=dead, videos=count)
         return count
 
-    async def count(self, ids: list[str]) -> int:
+    async def count(self, ids: list[str]) -> leases.Claimable:
         return await self.db.run(lambda conn: leases.count_claimable(conn, ids, self.rules))
 
     async def jobs(

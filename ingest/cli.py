@@ -15,7 +15,8 @@ from rich.console import Console
 
 from db.corpus import EmbeddingModelMismatch
 from db.speakers import ProfileModelMismatch
-from db.videos import status_summary
+from db.videos import StatusSummary, status_summary
+from ingest import doctor as checkup
 from ingest.backfill import backfill as run_backfill
 from ingest.config import ConfigError, Device, LogFormat, LogLevel, Settings, load_settings
 from ingest.daemon import daemon as run_daemon
@@ -238,6 +239,8 @@ def status(
         data = asdict(report)
         data["audio_hours"] = report.audio_seconds / 3600
         data["total_videos"] = sum(report.counts.values())
+        data["todo_audio_hours"] = report.todo_audio_seconds / 3600
+        data["eta_seconds"] = report.eta_s
         out.print_json(json.dumps(data, default=str))
         return
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
@@ -245,10 +248,21 @@ def status(
     out.print(
         f"chunks: {report.chunks}; audio: {report.audio_seconds / 3600:.2f} h", highlight=False
     )
+    out.print(_to_do(report), highlight=False)
     for e in report.recent_errors:
         out.print(
             f"failed {e.video_id} (attempt {e.attempts}): {e.error}", markup=False, highlight=False
         )
+
+
+def _to_do(report: StatusSummary) -> str:
+    unknown = f" (+{report.todo_unknown} of unknown length)" if report.todo_unknown else ""
+    line = f"to do: {report.todo_audio_seconds / 3600:.2f} h of audio{unknown}"
+    if report.recent_rate:
+        line += f"; last hour {report.recent_rate:.1f}x realtime"
+    if report.eta_s is not None:
+        line += f"; about {clock(report.eta_s)} left"
+    return line
 
 
 @app.command()
@@ -328,6 +342,32 @@ def speakers(
             markup=False,
             highlight=False,
         )
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    skip_models: Annotated[
+        bool, typer.Option(help="Do not load the models (the slow part).")
+    ] = False,
+) -> None:
+    """Check the set-up before a long run, and say how to fix each problem.
+
+    Exit status: 0 when nothing fails (warnings allowed), 1 otherwise.
+    """
+    try:
+        settings = _settings(ctx)
+    except ConfigError as exc:
+        checks = [checkup.fail("settings", str(exc), "fix it in the environment, .env or flags")]
+    else:
+        checks = _run(checkup.diagnose(settings, load_models=not skip_models))
+    if as_json:
+        out.print_json(json.dumps(checkup.records(checks)))
+    else:
+        for line in checkup.lines(checks):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if checkup.failed(checks) else 0)
 
 
 def main() -> None:

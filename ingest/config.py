@@ -18,6 +18,7 @@ Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 DiarizationMode = Literal["auto", "always", "off"]
+DiarizerKind = Literal["auto", "pyannote", "ecapa"]
 
 GPU_ASR_MODEL = "distil-large-v3"
 CPU_ASR_MODEL = "base"
@@ -54,6 +55,8 @@ class Settings(BaseSettings):
     voice_batch_size: int = Field(default=32, ge=1)
     diarization_model: str = "pyannote/speaker-diarization-3.1"
     diarization: DiarizationMode = "auto"
+    diarizer: DiarizerKind = "auto"
+    cluster_threshold: float = Field(default=0.3, ge=-1, le=1)
     hf_token: str | None = Field(
         default=None, validation_alias=AliasChoices("hf_token", "HF_TOKEN")
     )
@@ -105,6 +108,19 @@ class Settings(BaseSettings):
     @property
     def pgdata_dir(self) -> Path:
         return self.data_dir / "pgdata"
+
+    def is_default(self, name: str) -> bool:
+        """Whether a setting has its default value: `.env` copied from `.env.example` sets every
+        setting, so being set says nothing about what the user chose."""
+        return bool(getattr(self, name) == type(self).model_fields[name].default)
+
+    def resolved_hf_token(self) -> str | None:
+        """HF_TOKEN, else the token `hf auth login` stored."""
+        if self.hf_token:
+            return self.hf_token
+        from huggingface_hub import get_token
+
+        return get_token()
 
     def resolved_device(self) -> Literal["cpu", "cuda"]:
         if self.device != "auto":

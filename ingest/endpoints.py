@@ -72,6 +72,7 @@ class Endpoints:
         host, port = parse_addr(addr)
         self._server = make_server(host, port, app, _Server, _QuietHandler)
         self.port = self._server.server_port
+        self.addr = f"{host}:{self.port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )

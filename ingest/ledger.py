@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,10 +26,19 @@ class RunCounters:
     skipped: int = 0
     audio_seconds: float = 0.0
     chunks: int = 0
+    planned_audio_s: float = 0.0  # the audio of the videos to do, as their listings state it
 
     @property
     def finished(self) -> int:
         return self.done + self.failed
+
+    def eta_s(self, elapsed_s: float) -> float | None:
+        """Time left at the rate measured so far (audio seconds per second); None until a video
+        with audio is done or when the listings stated no lengths."""
+        if self.audio_seconds <= 0 or elapsed_s <= 0 or self.planned_audio_s <= 0:
+            return None
+        rate = self.audio_seconds / elapsed_s
+        return max(0.0, self.planned_audio_s - self.audio_seconds) / rate
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -49,6 +59,14 @@ class Ledger:
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
         self.failures: list[tuple[str, str]] = []  # (video id, error), in order of failure
+        self.started = time.monotonic()
+
+    def start_clock(self) -> None:
+        """Rates are measured from here: once the models are loaded, the work begins."""
+        self.started = time.monotonic()
+
+    def eta_s(self) -> float | None:
+        return self.counters.eta_s(time.monotonic() - self.started)
 
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
@@ -83,5 +101,8 @@ class Ledger:
             self.counters.done += 1
             self.counters.audio_seconds += video.duration_s
             self.counters.chunks += len(video.chunks)
+            if (eta := self.eta_s()) is not None:
+                log.info("progress", done=self.counters.done, total=self.counters.total,
+                         eta_s=round(eta))  # fmt: skip
             self.metrics.audio.inc(video.duration_s)
             self.metrics.speaker_paths.labels(video.speakers.path).inc()

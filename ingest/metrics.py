@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import ingest
 
-# Stage names used as label values (bounded): download, decode, speaker_check, transcribe,
+# Stage names used as label values (bounded): download, decode, vad, speaker_check, transcribe,
 # diarize, embed, store.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,11 +12,12 @@ import structlog
 
 from db.videos import count_by_status
 from ingest.config import ConfigError, Settings
-from ingest.endpoints import Endpoints, health_check
+from ingest.endpoints import Endpoints, HealthCheck, health_check, parse_addr
 from ingest.gpu import GpuSampler
 from ingest.metrics import Metrics
 
 log = structlog.get_logger()
+FALLBACK_PORTS = 16  # after a busy default port: room for a replica per GPU of a large host
 
 
 async def sample_videos(pool: asyncpg.Pool, metrics: Metrics, interval_s: float) -> None:
@@ -33,6 +35,33 @@ async def sample_videos(pool: asyncpg.Pool, metrics: Metrics, interval_s: float)
         await asyncio.sleep(interval_s)
 
 
+def serve_endpoints(settings: Settings, metrics: Metrics, health: HealthCheck) -> Endpoints:
+    """At INGEST_METRICS_ADDR. Several runs on one machine all start with the default address:
+    when it is taken, the next free port after it is used (the warning says which); an address
+    the user chose is theirs, and its being taken is a set-up error."""
+    addr = settings.metrics_addr
+    try:
+        return Endpoints(addr, metrics, health)
+    except (OSError, ValueError) as exc:
+        if not (settings.is_default("metrics_addr") and isinstance(exc, OSError)):
+            raise ConfigError(
+                f"cannot serve metrics at {addr!r} ({exc}); "
+                "set INGEST_METRICS_ADDR to a free address, or empty to disable"
+            ) from exc
+        busy = exc
+    endpoints = _next_free(addr, metrics, health)
+    log.warning("metrics_port_busy", wanted=addr, serving=endpoints.addr, error=str(busy))
+    return endpoints
+
+
+def _next_free(addr: str, metrics: Metrics, health: HealthCheck) -> Endpoints:
+    host, port = parse_addr(addr)
+    for candidate in range(port + 1, port + 1 + FALLBACK_PORTS):
+        with contextlib.suppress(OSError):
+            return Endpoints(f"{host}:{candidate}", metrics, health)
+    return Endpoints(f"{host}:0", metrics, health)  # any free port the system gives
+
+
 @asynccontextmanager
 async def observed(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Metrics]:
     """Serves /metrics and /healthz at INGEST_METRICS_ADDR (unless empty) and samples the GPUs
@@ -41,14 +70,8 @@ async def observed(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Metr
     endpoints = None
     if settings.metrics_addr:
         health = health_check(pool, asyncio.get_running_loop())
-        try:
-            endpoints = Endpoints(settings.metrics_addr, metrics, health)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot serve metrics at {settings.metrics_addr!r} ({exc}); "
-                "set INGEST_METRICS_ADDR to a free address, or empty to disable"
-            ) from exc
-        log.info("metrics_serving", addr=settings.metrics_addr, port=endpoints.port)
+        endpoints = serve_endpoints(settings, metrics, health)
+        log.info("metrics_serving", addr=endpoints.addr, port=endpoints.port)
     gpus = GpuSampler(metrics)
     try:
         async with asyncio.TaskGroup() as tg:

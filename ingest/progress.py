@@ -36,10 +36,21 @@ def progress_view(ledger: Ledger, pipeline: Pipeline, elapsed_s: float) -> Rende
         (f" videos {c.finished}/{c.total}", "bold"),
         f"  done {c.done}  ",
         (f"failed {c.failed}", "red" if c.failed else ""),
-        f"  audio {c.audio_seconds / 3600:.2f} h  chunks {c.chunks}",
+        f"  audio {audio_done(c.audio_seconds, c.planned_audio_s)}  chunks {c.chunks}",
         f"  queues: {depths}  {clock(elapsed_s)}",
+        f"  {time_left(ledger.eta_s())}",
     )
     return Group(bar, line)
+
+
+def audio_done(done_s: float, planned_s: float) -> str:
+    if planned_s <= 0:
+        return f"{done_s / 3600:.2f} h"
+    return f"{done_s / 3600:.2f}/{planned_s / 3600:.2f} h"
+
+
+def time_left(eta_s: float | None) -> str:
+    return "left: measuring" if eta_s is None else f"left ~{clock(eta_s)}"
 
 
 def summary(result: BackfillResult) -> str:

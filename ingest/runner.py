@@ -49,7 +49,11 @@ async def run_jobs(
         asr_model=settings.resolved_asr_model(),
         embedding_model=settings.embedding_model,
         voice_model=settings.voice_model,
-        diarization_model=settings.diarization_model,
+        diarization_model=(
+            settings.diarization_model
+            if models.diarizer.kind == "pyannote"
+            else models.diarizer.kind
+        ),
         device=settings.resolved_device(),
     )
     embedder = models.embedder
@@ -59,6 +63,7 @@ async def run_jobs(
     audio_dir = audio_dir_of(settings.audio_dir, claims.owner)
     options = replace(options, download=replace(options.download, audio_dir=audio_dir))
     pipeline = Pipeline(options, db=db, models=models, ledger=ledger)
+    ledger.start_clock()
     session.shutdown.on_request(pipeline.stop_downloads)
     try:
         with display(ledger, pipeline) if display else nullcontext():

@@ -11,6 +11,7 @@ from typing import Any
 
 from db.videos import DiscoveredVideo
 from ingest.messages import VideoJob
+from workers.audio import stated_duration
 
 AUDIO_SUFFIXES = frozenset(
     [
@@ -74,9 +75,21 @@ def _list_local(path: Path) -> Iterator[ListedVideo]:
 def _local_video(file: Path) -> ListedVideo:
     digest = hashlib.sha256(str(file).encode()).hexdigest()[:16]
     record = DiscoveredVideo(
-        id=f"file:{digest}", url=file.as_uri(), title=file.stem, extractor="file"
+        id=f"file:{digest}",
+        url=file.as_uri(),
+        title=file.stem,
+        extractor="file",
+        duration_s=_header_duration(file),
     )
     return ListedVideo(record, VideoJob(record.id, record.url, record.title, local_path=file))
+
+
+def _header_duration(file: Path) -> float | None:
+    """For the run's estimate only: a file that cannot be read fails later, at decode."""
+    try:
+        return stated_duration(file)
+    except Exception:
+        return None
 
 
 def _list_url(url: str, socket_timeout: float) -> Iterator[ListedVideo]:

@@ -19,8 +19,8 @@ from ingest.ledger import describe_error
 from ingest.messages import VideoJob
 from ingest.models import load_voice
 from workers.asr import decode_audio, speech_regions
-from workers.speakers import VoiceProfile, cut, spread_windows
-from workers.voice import VoiceEncoder, normalize
+from workers.speakers import VoiceProfile, spread_windows
+from workers.voice import VoiceEncoder, cut, normalize
 
 ENROLL_WINDOWS = 64  # per input: enough to average out words, few enough to stay quick
 ENROLL_WINDOW_S = 3.0

@@ -17,7 +17,7 @@ from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo
 from ingest.metrics import Metrics
 from ingest.models import GpuWorker
-from workers.asr import Waveform, decode_audio, duration_s
+from workers.asr import Waveform, decode_audio, duration_s, speech_regions
 from workers.audio import check_complete, stated_duration, too_long
 from workers.chunking import ChunkingOptions, chunk_segments
 
@@ -152,12 +152,14 @@ def _infer(
     """Blocking: every model step of one video, in one thread hop."""
     timings = list(decoded.timings)
     waveform = decoded.waveform
-    decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform)
+    # One voice-activity pass serves the host check and the clustering diarizer.
+    regions = _step("vad", timings, metrics, speech_regions, waveform) if models.speakers.on else []
+    decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform, regions)
     # Word timings are only needed to split segments at a change of speaker.
     words = decision.path == "full"
     segments = _step("transcribe", timings, metrics, models.asr.transcribe, waveform, words=words)
     labelled = _step(
-        "diarize", timings, metrics, models.speakers.label, waveform, segments, decision
+        "diarize", timings, metrics, models.speakers.label, waveform, segments, decision, regions
     )
     return TranscribedVideo(
         job=decoded.audio.job,

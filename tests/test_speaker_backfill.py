@@ -100,5 +100,6 @@ def test_enrolling_from_unusable_audio_stores_nothing(
     silence.write_bytes(b"RIFF not really a wav file")
     result = ingest(ingest_env, "enroll", "Host", str(tmp_path / "ok.wav"), str(silence))
     assert result.returncode == 1
-    assert result.stderr.startswith(f"error: {silence}: ")
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: {silence}: ")
     assert json.loads(ingest(ingest_env, "speakers", "--json").stdout) == []

@@ -18,16 +18,16 @@ from tests.conftest import ModelPaths, Speech
 from workers.asr import AsrModel, AsrOptions, Waveform
 from workers.chunking import ChunkingOptions
 from workers.diarization import DiarizationOptions, Diarizer, Turn
-from workers.speakers import SpeakerAttributor, SpeakerOptions
+from workers.speakers import Regions, SpeakerAttributor, SpeakerOptions
 
 pytestmark = pytest.mark.anyio
 
 
 class CrashesOnLongAudio(Diarizer):
-    def diarize(self, audio: Waveform) -> list[Turn]:
+    def diarize(self, audio: Waveform, regions: Regions | None = None) -> list[Turn]:
         if len(audio) > 30 * 16000:
             raise RuntimeError("diarization crashed")
-        return super().diarize(audio)
+        return super().diarize(audio, regions)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ async def test_a_failing_diarization_fails_only_its_video(
     assert video.chunks and all(c.speaker == "SPEAKER_00" for c in video.chunks)
     assert all(0.0 <= (c.confidence or 0.0) <= 1.0 for c in video.chunks)
     assert [name for name, _ in video.timings] == [
-        "download", "decode", "speaker_check", "transcribe", "diarize"
+        "download", "decode", "vad", "speaker_check", "transcribe", "diarize"
     ]  # fmt: skip
     assert ledger.failures == [("long", "diarize: diarization crashed")]
     async with pool.acquire() as conn:

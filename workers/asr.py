@@ -25,6 +25,27 @@ class AsrOptions:
     language: str | None = None
     device_index: int = 0
     cpu_threads: int = 0
+    token: str | None = None  # for private hub models
+
+
+# What faster-whisper itself takes from a model repository.
+_WHISPER_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json",
+                  "vocabulary.*"]  # fmt: skip
+
+
+def fetch_whisper(model: str, token: str | None = None) -> str:
+    """A local folder holding `model` (a size name, a hub id or a folder), downloaded with a
+    progress bar the first time: faster-whisper's own download hides its progress and has no
+    switch for it. Its table of size names is the only list of their repositories."""
+    if Path(model).expanduser().is_dir():
+        return model
+    from faster_whisper.utils import _MODELS
+    from huggingface_hub import snapshot_download
+
+    folder: str = snapshot_download(
+        _MODELS.get(model, model), allow_patterns=_WHISPER_FILES, token=token
+    )
+    return folder
 
 
 def decode_audio(path: Path) -> Waveform:
@@ -55,7 +76,7 @@ class AsrModel:
 
         self.options = options
         self._model = WhisperModel(
-            options.model,
+            fetch_whisper(options.model, options.token),
             device=options.device,
             device_index=options.device_index,
             compute_type=options.compute_type,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from workers.asr import SAMPLE_RATE, Waveform
 
@@ -13,6 +14,17 @@ class Turn:
     start_s: float
     end_s: float
     speaker: str  # the pipeline's cluster label
+
+
+class SpeakerTurns(Protocol):
+    """A diarizer: pyannote's pipeline, or ECAPA clustering (workers/clustering.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def diarize(
+        self, audio: Waveform, regions: Sequence[tuple[float, float]] | None = None
+    ) -> list[Turn]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +50,12 @@ class Diarizer:
     def name(self) -> str:
         return self.options.model
 
-    def diarize(self, audio: Waveform) -> list[Turn]:
+    def diarize(
+        self, audio: Waveform, regions: Sequence[tuple[float, float]] | None = None
+    ) -> list[Turn]:
         """Turns without overlap, in time order. The waveform is passed in memory: given a path,
-        pyannote 4 decodes again and runs several times slower."""
+        pyannote 4 decodes again and runs several times slower. pyannote finds speech with its
+        own segmentation model, so `regions` is not needed."""
         import torch
 
         output = self._pipeline(

@@ -8,13 +8,14 @@ from typing import Literal
 
 import numpy as np
 
-from workers.asr import SAMPLE_RATE, Waveform, duration_s, speech_regions
+from workers.asr import Waveform, duration_s, speech_regions
 from workers.chunking import Segment, Word
-from workers.diarization import Diarizer, Turn
-from workers.voice import Vectors, VoiceEncoder, normalize
+from workers.diarization import SpeakerTurns, Turn
+from workers.voice import Vectors, VoiceEncoder, cut, normalize
 
 Mode = Literal["auto", "always", "off"]
 PathTaken = Literal["fast", "full", "off"]
+Regions = Sequence[tuple[float, float]]
 MIN_WINDOW_S = 0.5  # shorter speech says little about the voice
 
 
@@ -69,10 +70,6 @@ def spread_windows(
     return sorted(set(windows))
 
 
-def cut(audio: Waveform, windows: Sequence[tuple[float, float]]) -> list[Waveform]:
-    return [audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in windows]
-
-
 def centroid(vectors: Vectors) -> Vectors:
     return normalize(vectors.mean(axis=0))
 
@@ -84,13 +81,17 @@ class SpeakerAttributor:
         self,
         options: SpeakerOptions,
         voice: VoiceEncoder | None,
-        diarizer: Diarizer | None,
+        diarizer: SpeakerTurns | None,
         profiles: Sequence[VoiceProfile],
     ) -> None:
         self.options, self.voice, self.diarizer = options, voice, diarizer
         self.profiles = {p.name: p for p in profiles}
 
-    def decide(self, audio: Waveform) -> Decision:
+    @property
+    def on(self) -> bool:
+        return self.options.mode != "off"
+
+    def decide(self, audio: Waveform, regions: Regions | None = None) -> Decision:
         """The fast path only when a host profile clearly matches; anything else (no profile,
         a low score, an error) means full diarization, never a guessed host label."""
         if self.options.mode == "off":
@@ -101,7 +102,7 @@ class SpeakerAttributor:
         if not hosts:
             return Decision("full", reason="no host profile")
         try:
-            host, similarity, spread = self._score_hosts(audio, hosts)
+            host, similarity, spread = self._score_hosts(audio, hosts, regions)
         except Exception as exc:  # the fast path is an optimisation: its failure costs time only
             return Decision("full", reason=f"fast path failed: {type(exc).__name__}: {exc}")
         if host is None:
@@ -112,10 +113,12 @@ class SpeakerAttributor:
         return Decision("full", None, similarity, spread, reason)
 
     def _score_hosts(
-        self, audio: Waveform, hosts: Sequence[VoiceProfile]
+        self, audio: Waveform, hosts: Sequence[VoiceProfile], regions: Regions | None
     ) -> tuple[str | None, float, float]:
         assert self.voice is not None
-        windows = spread_windows(speech_regions(audio), self.options.windows, self.options.window_s)
+        if regions is None:
+            regions = speech_regions(audio)
+        windows = spread_windows(regions, self.options.windows, self.options.window_s)
         if not windows:
             return None, 0.0, 0.0
         vectors = self.voice.embed(cut(audio, windows))
@@ -125,7 +128,11 @@ class SpeakerAttributor:
         return best, scores[best], spread
 
     def label(
-        self, audio: Waveform, segments: Sequence[Segment], decision: Decision
+        self,
+        audio: Waveform,
+        segments: Sequence[Segment],
+        decision: Decision,
+        regions: Regions | None = None,
     ) -> list[Segment]:
         if decision.path == "off":
             return list(segments)
@@ -133,7 +140,7 @@ class SpeakerAttributor:
             confidence = max(0.0, min(1.0, decision.similarity or 0.0))
             return [replace(s, speaker=decision.host, confidence=confidence) for s in segments]
         assert self.diarizer is not None
-        turns = self.diarizer.diarize(audio)
+        turns = self.diarizer.diarize(audio, regions)
         names = self._name_clusters(audio, turns)
         return [
             replace(part, speaker=names.get(part.speaker or "", part.speaker))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from workers.asr import Waveform
+from workers.asr import SAMPLE_RATE, Waveform
 
 Vectors = npt.NDArray[np.float32]
 
@@ -88,6 +88,11 @@ class VoiceEncoder:
             out = self._model.encode_batch(torch.from_numpy(padded), wav_lens=lengths)
         vectors = out.squeeze(1).float().cpu().numpy()
         return normalize(vectors)
+
+
+def cut(audio: Waveform, windows: Sequence[tuple[float, float]]) -> list[Waveform]:
+    """The samples of each (start, end) window, in seconds."""
+    return [audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in windows]
 
 
 def normalize(vectors: Vectors) -> Vectors:

@@ -1,0 +1,323 @@
+"""`ingest doctor` as a user runs it: a good set-up passes, and each broken piece is named.
+
+Real processes throughout: the embedded PostgreSQL and a second cluster on TCP with passwords,
+the stand-in models loaded by the real loaders, a PATH without ffmpeg, a port another socket holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingest.config import cuda_device_count
+from tests.conftest import pg_folder
+from tests.observing import free_port
+from tests.pgtcp import TcpPostgres, tcp_postgres
+from tests.test_backfill import ingest
+
+PASSWORD = "secret-pw-7c41e9"
+READER_PASSWORD = "reader-pw-52b0d3"
+WRONG_PASSWORD = "wrong-pw-e803aa"
+LINE = re.compile(r"(ok|warn|fail) {2,}(\S+(?: \S+)*) {2,}(.*)")
+GOOD_SET_UP = [
+    "database",
+    "postgresql",
+    "pgvector",
+    "migrations",
+    "database writes",
+    "data dir",
+    "disk",
+    "ffmpeg",
+    "yt-dlp",
+    "js runtime",
+    "device",
+    "diarizer",
+    "asr model",
+    "embedding model",
+    "voice model",
+    "diarization model",
+    "metrics addr",
+]
+
+
+def doctor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return ingest(env, "doctor", *args)
+
+
+def report(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
+    """Each line's check name → (status, detail and fix), in order."""
+    rows = {}
+    for line in result.stdout.splitlines():
+        match = LINE.fullmatch(line)
+        assert match, f"not a check line: {line!r}"
+        rows[match[2]] = (match[1], match[3])
+    return rows
+
+
+def assert_fails_only(result: subprocess.CompletedProcess[str], check: str, *says: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = report(result)
+    assert [name for name, (status, _) in rows.items() if status == "fail"] == [check], rows
+    for words in says:
+        assert words in rows[check][1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def outside_data_dir() -> Iterator[Path]:
+    """A data dir for the embedded PostgreSQL, where its user can reach it (see `pg_folder`)."""
+    folder = pg_folder()
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_good_set_up_passes(ingest_env: dict[str, str], outside_data_dir: Path) -> None:
+    env = {k: v for k, v in ingest_env.items() if k != "DATABASE_URL"}  # embedded PostgreSQL
+    env["INGEST_DATA_DIR"] = str(outside_data_dir)
+    env["INGEST_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+
+    result = doctor(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = report(result)
+    assert list(rows) == GOOD_SET_UP
+    assert {status for status, _ in rows.values()} <= {"ok", "warn"}
+    assert rows["database"] == (
+        "ok",
+        f"connected to embedded PostgreSQL in {outside_data_dir}/pgdata",
+    )
+    assert rows["migrations"][0] == "warn" and "ingest migrate" in rows["migrations"][1]
+    assert rows["diarizer"][1].startswith("pyannote: local pipeline")
+    for model in ("asr model", "embedding model", "voice model", "diarization model"):
+        assert rows[model][0] == "ok" and " loaded in " in rows[model][1], rows[model]
+    assert rows["metrics addr"] == ("ok", f"{env['INGEST_METRICS_ADDR']} is free")
+
+    as_json = doctor(env, "--json", "--skip-models")
+    assert as_json.returncode == 0, as_json.stderr
+    checks = json.loads(as_json.stdout)
+    assert [c["check"] for c in checks] == [n for n in GOOD_SET_UP if not n.endswith(" model")]
+    for check in checks:
+        assert set(check) == {"check", "status", "detail", "fix"}
+        assert check["status"] in {"ok", "warn"}
+        assert (check["fix"] is None) == (check["status"] == "ok")
+
+
+def test_unloadable_models_are_named(ingest_env: dict[str, str], tmp_path: Path) -> None:
+    for folder in ("empty", "hf-home"):
+        (tmp_path / folder).mkdir()
+    env = {k: v for k, v in ingest_env.items() if k != "INGEST_DIARIZATION_MODEL"}
+    env |= {
+        "INGEST_ASR_MODEL": str(tmp_path / "empty"),
+        "INGEST_EMBEDDING_MODEL": "ingest-tests/never-downloaded",
+        "HF_HOME": str(tmp_path / "hf-home"),  # an empty cache: nothing from the hub is there
+        "HF_TOKEN": "hf_doctor_test_token",  # makes auto-detection guess pyannote
+    }
+    result = doctor(env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = report(result)
+    assert [name for name, (status, _) in rows.items() if status == "fail"] == [
+        "asr model",
+        "embedding model",
+    ]
+    assert f"cannot load ASR model '{tmp_path / 'empty'}'" in rows["asr model"][1]
+    assert "check the folder INGEST_ASR_MODEL names" in rows["asr model"][1]
+    assert rows["embedding model"][1].startswith(
+        "ingest-tests/never-downloaded is not downloaded and the hub is offline"
+    )
+    assert rows["diarizer"] == ("ok", "pyannote: a Hugging Face token is set")
+    status, said = rows["diarization model"]  # guessed, so a run gives way to ECAPA
+    assert status == "warn" and "a run falls back to ECAPA clustering" in said
+    assert "INGEST_DIARIZER=ecapa" in said
+    assert rows["voice model"][0] == "ok"
+    assert "hf_doctor_test_token" not in result.stdout + result.stderr
+
+
+def path_without(folder: Path, *hidden: str) -> str:
+    """A PATH of one folder linking every program on this PATH except `hidden`."""
+    folder.mkdir()
+    for directory in filter(None, os.environ["PATH"].split(os.pathsep)):
+        for program in sorted(Path(directory).glob("*")) if Path(directory).is_dir() else []:
+            link = folder / program.name
+            if program.name not in hidden and not os.path.lexists(link):
+                link.symlink_to(program)
+    return str(folder)
+
+
+def test_missing_ffmpeg(ingest_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**ingest_env, "PATH": path_without(tmp_path / "bin", "ffmpeg")}
+    result = doctor(env, "--skip-models")
+    assert_fails_only(result, "ffmpeg", "not found on PATH; install ffmpeg: apt-get install ffmpeg")
+
+
+def test_a_data_dir_that_cannot_be_written(ingest_env: dict[str, str], tmp_path: Path) -> None:
+    # Tests run as root, which ignores permission bits: a chmod 0o500 folder stays writable.
+    # Nobody, root included, can create a folder beneath a regular file.
+    (tmp_path / "a-file").write_text("")
+    env = {**ingest_env, "INGEST_DATA_DIR": str(tmp_path / "a-file" / "data")}
+    result = doctor(env, "--skip-models")
+    assert_fails_only(result, "data dir", "is not writable: [Errno 20] Not a directory")
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port another socket listens on for the length of a test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_metrics_address_in_use(ingest_env: dict[str, str], busy_port: int) -> None:
+    env = {**ingest_env, "INGEST_METRICS_ADDR": f"127.0.0.1:{busy_port}"}
+    result = doctor(env, "--skip-models")
+    assert_fails_only(
+        result,
+        "metrics addr",
+        f"127.0.0.1:{busy_port} is in use; pick another INGEST_METRICS_ADDR, or empty to disable",
+    )
+
+
+def test_the_default_metrics_address_in_use_is_a_warning(ingest_env: dict[str, str]) -> None:
+    env = {k: v for k, v in ingest_env.items() if k != "INGEST_METRICS_ADDR"}
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", 9108))
+            sock.listen()
+        except OSError:
+            pass  # something else holds it already, which is just as busy
+        result = doctor(env, "--skip-models")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status, said = report(result)["metrics addr"]
+    assert status == "warn" and "a run will use another free port" in said
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="a CUDA device is visible")
+def test_cuda_asked_for_without_a_gpu(ingest_env: dict[str, str]) -> None:
+    result = doctor({**ingest_env, "INGEST_DEVICE": "cuda"}, "--skip-models")
+    assert_fails_only(result, "device", "INGEST_DEVICE=cuda but no CUDA device is visible")
+
+
+@pytest.fixture(scope="session")
+def tcp_server() -> Iterator[TcpPostgres]:
+    """PostgreSQL on 127.0.0.1 asking for passwords. `ingest` owns the databases `corpus` and
+    `empty` (pgvector created by the superuser; only the first is ever migrated) and `novector`
+    (without it); `reader` owns nothing."""
+    folder = pg_folder()
+    try:
+        with tcp_postgres(folder) as server:
+            asyncio.run(_provision(server))
+            yield server
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _provision(server: TcpPostgres) -> None:
+    conn = await asyncpg.connect(server.admin_url())
+    try:
+        await conn.execute(f"CREATE ROLE ingest LOGIN PASSWORD '{PASSWORD}'")
+        await conn.execute(f"CREATE ROLE reader LOGIN PASSWORD '{READER_PASSWORD}'")
+        for database in ("corpus", "novector", "empty"):
+            await conn.execute(f"CREATE DATABASE {database} OWNER ingest")
+    finally:
+        await conn.close()
+    for database in ("corpus", "empty"):
+        conn = await asyncpg.connect(server.admin_url(database))
+        try:
+            await conn.execute("CREATE EXTENSION vector")
+        finally:
+            await conn.close()
+
+
+def test_the_right_password_passes_and_is_never_shown(
+    tcp_server: TcpPostgres, ingest_env: dict[str, str]
+) -> None:
+    env = {**ingest_env, "DATABASE_URL": tcp_server.url("ingest", PASSWORD, "corpus")}
+    before = doctor(env, "--skip-models")
+    assert before.returncode == 0, before.stdout + before.stderr
+    rows = report(before)
+    shown = f"postgresql://ingest:***@127.0.0.1:{tcp_server.port}/corpus"
+    assert rows["database"] == ("ok", f"connected to {shown}")
+    assert rows["pgvector"][0] == "ok" and rows["database writes"][0] == "ok"
+
+    assert ingest(env, "migrate").returncode == 0
+    after = doctor(env, "--skip-models", "--json")
+    assert after.returncode == 0, after.stdout + after.stderr
+    checks = {c["check"]: c for c in json.loads(after.stdout)}
+    assert checks["migrations"]["status"] == "ok"
+    assert checks["database writes"] == {
+        "check": "database writes",
+        "status": "ok",
+        "detail": "ingest may create tables in schema public; its 5 tables",
+        "fix": None,
+    }
+    for result in (before, after):
+        assert PASSWORD not in result.stdout + result.stderr
+
+    reader = {**env, "DATABASE_URL": tcp_server.url("reader", READER_PASSWORD, "corpus")}
+    rows = report(doctor(reader, "--skip-models"))
+    assert [name for name, (status, _) in rows.items() if status == "fail"] == [
+        "migrations",
+        "database writes",
+    ]
+    assert rows["migrations"][1].startswith("reader may not read schema_migrations")
+
+
+BROKEN_DATABASES: list[tuple[str, Callable[[TcpPostgres], str], str, tuple[str, ...]]] = [
+    (
+        "wrong password",
+        lambda s: s.url("ingest", WRONG_PASSWORD, "corpus"),
+        "database",
+        ("authentication failed for user ingest; check the password in DATABASE_URL",),
+    ),
+    (
+        "server down",
+        lambda s: s.url("ingest", PASSWORD, "corpus", port=free_port()),
+        "database",
+        ("cannot connect to 127.0.0.1:", "is PostgreSQL running?"),
+    ),
+    (
+        "no such database",
+        lambda s: s.url("ingest", PASSWORD, "nosuch"),
+        "database",
+        ('database "nosuch" does not exist; create it',),
+    ),
+    (
+        "no pgvector, no superuser",
+        lambda s: s.url("ingest", PASSWORD, "novector"),
+        "pgvector",
+        ("an admin runs CREATE EXTENSION vector; in database novector",),
+    ),
+    (
+        "no right to create tables",
+        lambda s: s.url("reader", READER_PASSWORD, "empty"),
+        "database writes",
+        ("reader may not create tables in schema public; an admin runs GRANT CREATE ON SCHEMA",),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "check", "says"),
+    [case[1:] for case in BROKEN_DATABASES],
+    ids=[case[0] for case in BROKEN_DATABASES],
+)
+def test_a_broken_database_is_named(
+    tcp_server: TcpPostgres,
+    ingest_env: dict[str, str],
+    url: Callable[[TcpPostgres], str],
+    check: str,
+    says: tuple[str, ...],
+) -> None:
+    result = doctor({**ingest_env, "DATABASE_URL": url(tcp_server)}, "--skip-models")
+    assert_fails_only(result, check, *says)
+    for password in (PASSWORD, READER_PASSWORD, WRONG_PASSWORD):
+        assert password not in result.stdout + result.stderr
