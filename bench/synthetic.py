@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ingest.download import Downloader, DownloadOptions, audio_stem
+from db.videos import DiscoveredVideo
+from ingest.download import Downloader, DownloadOptions, Fetched, audio_stem
 from ingest.messages import VideoJob
 from workers.asr import AsrModel, AsrOptions, Waveform, duration_s
 from workers.chunking import Segment
@@ -46,11 +47,11 @@ class SleepingDownloader(Downloader):
         super().__init__(options)
         self.seconds, self.template = seconds, template
 
-    def download(self, job: VideoJob) -> Path:
+    def download(self, job: VideoJob) -> Fetched:
         time.sleep(self.seconds)
         path = self.options.audio_dir / f"{audio_stem(job.video_id)}.wav"
         shutil.copy(self.template, path)
-        return path
+        return Fetched(path, None, DiscoveredVideo(job.video_id, job.url))
 
 
 class SleepingAsr(AsrModel):

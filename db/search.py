@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import numpy as np
@@ -21,6 +22,9 @@ class SearchHit:
     speaker: str | None
     text: str
     score: float  # cosine similarity, 1 = same direction
+    transcript_source: str | None = None  # speech recognition, captions or a subtitle file
+    channel: str | None = None
+    published_at: datetime | None = None
 
 
 async def search_chunks(
@@ -33,7 +37,8 @@ async def search_chunks(
     rows = await conn.fetch(
         """
         SELECT s.video_id, v.title, v.url, v.extractor, s.seg_index, s.start_s, s.end_s,
-               s.speaker, s.text, 1 - (s.embedding <=> $1) AS score
+               s.speaker, s.text, 1 - (s.embedding <=> $1) AS score, v.transcript_source,
+               v.channel, v.published_at
         FROM segments s JOIN videos v ON v.id = s.video_id
         WHERE $3::text IS NULL OR s.speaker = $3
         ORDER BY s.embedding <=> $1

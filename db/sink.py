@@ -54,12 +54,12 @@ UPDATE videos AS v SET
     status = 'done', error = NULL, duration_s = d.duration_s, chunk_count = d.n,
     asr_model = d.asr_model, embedding_model = d.embedding_model, timings = d.timings::jsonb,
     speaker_path = d.speaker_path, speaker_similarity = d.similarity,
-    speaker_spread = d.spread, speaker_reason = d.reason, lease_owner = NULL,
-    lease_expires_at = NULL, done_at = now(), updated_at = now()
+    speaker_spread = d.spread, speaker_reason = d.reason, transcript_source = d.source,
+    lease_owner = NULL, lease_expires_at = NULL, done_at = now(), updated_at = now()
 FROM unnest($1::text[], $2::float8[], $3::integer[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::float8[], $9::float8[], $10::text[])
+            $7::text[], $8::float8[], $9::float8[], $10::text[], $11::text[])
      AS d(id, duration_s, n, asr_model, embedding_model, timings,
-          speaker_path, similarity, spread, reason)
+          speaker_path, similarity, spread, reason, source)
 WHERE v.id = d.id
 """
 
@@ -89,11 +89,12 @@ class SpeakerPath:
 class FinishedVideo:
     video_id: str
     duration_s: float
-    asr_model: str
+    asr_model: str | None  # None when the transcript came with the video (captions)
     embedding_model: str
     chunks: Sequence[ChunkRow]
     timings: Mapping[str, float] = field(default_factory=dict)
     speakers: SpeakerPath = SpeakerPath()
+    transcript_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ async def _mark_done(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) 
         [v.speakers.similarity for v in videos],
         [v.speakers.spread for v in videos],
         [v.speakers.reason for v in videos],
+        [v.transcript_source for v in videos],
     )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+
+from db.sites import SitePause, current_pauses
 
 STATUSES = ("discovered", "processing", "done", "failed", "skipped")
 
@@ -41,6 +43,8 @@ class StatusSummary:
     todo_audio_seconds: float = 0.0  # discovered or in progress, as the listings state it
     todo_unknown: int = 0  # of those, videos whose listing stated no length
     recent_rate: float | None = None  # audio seconds per second done over the last hour
+    paused_sites: list[SitePause] = field(default_factory=list)
+    transcripts: dict[str, int] = field(default_factory=dict)  # done videos by transcript kind
 
     @property
     def eta_s(self) -> float | None:
@@ -55,6 +59,11 @@ class StatusSummary:
 _RECENT_RATE = """
     SELECT sum(duration_s) / greatest(extract(epoch FROM now() - min(done_at)), 60)
     FROM videos WHERE status = 'done' AND done_at > now() - interval '1 hour'
+"""
+# "speech recognition (base)", "creator captions (en)", "subtitle file (a.vtt)": by kind.
+_TRANSCRIPTS = """
+    SELECT coalesce(split_part(transcript_source, ' (', 1), 'unrecorded') AS kind, count(*) AS n
+    FROM videos WHERE status = 'done' GROUP BY 1 ORDER BY 2 DESC
 """
 _TODO = """
     SELECT coalesce(sum(duration_s), 0) AS audio_s, count(*) - count(duration_s) AS unknown
@@ -125,6 +134,22 @@ async def mark_skipped(conn: asyncpg.Connection, video_id: str, reason: str) -> 
     )
 
 
+async def update_metadata(conn: asyncpg.Connection, video: DiscoveredVideo) -> None:
+    """What a full extraction adds to a listing's record: a flat listing may lack dates and
+    lengths. What the listing said is kept (a feed's item title beats a file's name)."""
+    await conn.execute(
+        "UPDATE videos SET title = COALESCE(title, $2), channel = COALESCE(channel, $3),"
+        " extractor = COALESCE(extractor, $4), published_at = COALESCE(published_at, $5),"
+        " duration_s = COALESCE(duration_s, $6), updated_at = now() WHERE id = $1",
+        video.id,
+        video.title,
+        video.channel,
+        video.extractor,
+        video.published_at,
+        video.duration_s,
+    )
+
+
 async def mark_failed(conn: asyncpg.Connection, video_id: str, error: str) -> None:
     await conn.execute(
         "UPDATE videos SET status = 'failed', error = $2, lease_owner = NULL,"
@@ -166,4 +191,6 @@ async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> Statu
         todo_audio_seconds=float(todo["audio_s"]),
         todo_unknown=todo["unknown"],
         recent_rate=None if rate is None else float(rate),
+        paused_sites=await current_pauses(conn),
+        transcripts={row["kind"]: row["n"] for row in await conn.fetch(_TRANSCRIPTS)},
     )

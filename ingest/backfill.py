@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -11,12 +12,14 @@ from datetime import UTC, datetime
 
 import structlog
 
-from db import videos
+from db import sites, videos
 from db.corpus import ensure_search_index
 from db.leases import Claimable, ClaimRules
+from db.sites import SitePause
 from ingest.claims import Claims, new_owner
 from ingest.config import Settings
 from ingest.database import open_database
+from ingest.errors import site_of
 from ingest.ledger import Ledger, describe_error
 from ingest.metrics import Metrics
 from ingest.observe import observed
@@ -24,6 +27,8 @@ from ingest.retry import Database
 from ingest.runner import Display, Session, run_jobs
 from ingest.shutdown import Shutdown
 from ingest.sources import ListedVideo, SourceError, list_source
+from ingest.throttle import Governor, SiteBlocked, SiteStatus, ThrottleOptions, governed
+from ingest.ytdlp_options import ytdlp_params
 
 log = structlog.get_logger()
 
@@ -47,11 +52,38 @@ class BackfillResult:
     elapsed_s: float
     failures: tuple[tuple[str, str], ...]  # (video id, error)
     source_failures: tuple[SourceFailure, ...]
+    sites: tuple[SiteStatus, ...] = ()  # sites paused during the run
+
+    @property
+    def blocked(self) -> tuple[SiteStatus, ...]:
+        """Sites that wait for the user: their videos are still to do."""
+        return tuple(site for site in self.sites if site.blocked)
 
     @property
     def exit_code(self) -> int:
-        """1 when a video or a source failed; a graceful stop is not a failure."""
-        return 1 if self.failed or self.source_failures else 0
+        """1 when a video or a source failed, or a site needs the user; a graceful stop, or a
+        throttled site that let the run finish, is not a failure."""
+        return 1 if self.failed or self.source_failures or self.blocked else 0
+
+
+async def publish_pause(db: Database, owner: str, status: SiteStatus) -> None:
+    """A site's pause, where `ingest status` of any machine sees it; gone when it resumes."""
+    if not status.paused:
+        await db.run(lambda conn: sites.clear_pause(conn, owner, status.site))
+        return
+    kind = "needs_user" if status.blocked else "throttled"
+    pause = SitePause(status.site, owner, kind, status.reason, status.fix or None, None,
+                      status.pauses)  # fmt: skip
+    resume_in = None if status.blocked else status.resume_in_s
+    await db.run(lambda conn: sites.record_pause(conn, owner, pause, resume_in))
+
+
+def throttle_options(settings: Settings) -> ThrottleOptions:
+    return ThrottleOptions(
+        settings.throttle_initial_seconds,
+        settings.throttle_max_seconds,
+        videos_per_hour=settings.max_videos_per_hour,
+    )
 
 
 @asynccontextmanager
@@ -63,7 +95,13 @@ async def session(
         db = Database(pool, settings.db_outage_seconds)
         claims = Claims(db, new_owner(), rules)
         await claims.take_over_dead()
-        yield Session(settings, db, claims, shutdown), metrics
+        publish = functools.partial(publish_pause, db, claims.owner)
+        governor = Governor(throttle_options(settings), metrics, publish=publish)
+        await db.run(sites.forget_needs_user)
+        try:
+            yield Session(settings, db, claims, shutdown, governor), metrics
+        finally:
+            await db.run(lambda conn: sites.end_throttling(conn, claims.owner))
 
 
 async def backfill(
@@ -84,7 +122,7 @@ async def backfill(
         reprocess_done_before=now if reprocess else None,
     )
     async with session(settings, rules, shutdown) as (run, metrics):
-        listed, source_failures = await discover(sources, settings, run.db)
+        listed, source_failures = await discover(sources, run)
         jobs = {v.record.id: v.job for v in listed}
         todo = await run.claims.count(list(jobs))
         total = min(todo.videos, limit or todo.videos)
@@ -92,7 +130,7 @@ async def backfill(
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
         if total:
-            feed = run.claims.jobs(jobs, shutdown.requested, limit)
+            feed = run.claims.jobs(jobs, shutdown.requested, limit, ledger.returned)
             await run_jobs(run, ledger, feed, display)
         if not shutdown.requested.is_set():
             await run.db.run(ensure_search_index)
@@ -109,6 +147,7 @@ async def backfill(
         elapsed_s=time.perf_counter() - started,
         failures=tuple(ledger.failures),
         source_failures=tuple(source_failures),
+        sites=tuple(run.governor.status()),
     )
 
 
@@ -124,12 +163,11 @@ def announce(todo: Claimable, total: int) -> None:
 
 
 async def discover(
-    sources: Sequence[str], settings: Settings, db: Database
+    sources: Sequence[str], run: Session
 ) -> tuple[list[ListedVideo], list[SourceFailure]]:
-    """Lists every source (concurrently) and records its videos; a failing source is reported."""
-    results = await asyncio.gather(
-        *(_list(source, settings.download_socket_timeout) for source in sources)
-    )
+    """Lists every source (concurrently, each as its site's governor admits) and records its
+    videos; a failing source is reported."""
+    results = await asyncio.gather(*(_list(source, run) for source in sources))
     listed: dict[str, ListedVideo] = {}
     failures: list[SourceFailure] = []
     for source, result in zip(sources, results, strict=True):
@@ -140,14 +178,19 @@ async def discover(
             listed.setdefault(video.record.id, video)
         log.info("source_listed", source=source, videos=len(result))
     records = [v.record for v in listed.values()]
-    await db.run(lambda conn: videos.record_discovered(conn, records))
+    await run.db.run(lambda conn: videos.record_discovered(conn, records))
     return list(listed.values()), failures
 
 
-async def _list(source: str, socket_timeout: float) -> list[ListedVideo] | SourceFailure:
+async def _list(source: str, run: Session) -> list[ListedVideo] | SourceFailure:
+    timeout, ytdlp = run.settings.download_socket_timeout, ytdlp_params(run.settings)
+
+    async def listing() -> list[ListedVideo]:
+        return await asyncio.to_thread(list_source, source, socket_timeout=timeout, ytdlp=ytdlp)
+
     try:
-        return await asyncio.to_thread(list_source, source, socket_timeout=socket_timeout)
-    except SourceError as exc:
+        return await governed(run.governor, site_of(source), listing)
+    except (SourceError, SiteBlocked) as exc:
         log.error("source_failed", source=source, error=str(exc))
         return SourceFailure(source, str(exc))
     except Exception as exc:  # one bad source never stops the others

@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 
 import structlog
@@ -84,19 +84,25 @@ class Claims:
         jobs: Mapping[str, VideoJob],
         stop: asyncio.Event,
         limit: int | None = None,
+        returned: Collection[str] = (),
     ) -> AsyncIterator[VideoJob]:
         """Claims the given videos one at a time, in order, until none is left, `limit` is
-        reached, or `stop` is set. Claiming lazily leaves the rest to other replicas."""
+        reached, or `stop` is set. Claiming lazily leaves the rest to other replicas. Videos
+        this run handed back (`returned`, which grows as it goes: a site that needs the user)
+        are not claimed again by it."""
         ids = list(jobs)
         claimed = 0
         while not stop.is_set() and (limit is None or claimed < limit):
-            video_id = await self.db.run(
-                lambda conn: leases.claim_next(conn, self.owner, ids, self.rules)
-            )
+            if returned:
+                ids = [i for i in ids if i not in returned]
+            video_id = await self._claim_next(ids)
             if video_id is None:
                 return
             claimed += 1
             yield jobs[video_id]
+
+    async def _claim_next(self, ids: list[str]) -> str | None:
+        return await self.db.run(lambda conn: leases.claim_next(conn, self.owner, ids, self.rules))
 
     async def renew_forever(self) -> None:
         while True:

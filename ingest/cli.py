@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from db.corpus import EmbeddingModelMismatch
+from db.sites import SitePause
 from db.speakers import ProfileModelMismatch
 from db.videos import StatusSummary, status_summary
 from ingest import doctor as checkup
@@ -248,11 +249,23 @@ def status(
     out.print(
         f"chunks: {report.chunks}; audio: {report.audio_seconds / 3600:.2f} h", highlight=False
     )
+    if report.transcripts:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in report.transcripts.items())
+        out.print(f"transcripts: {kinds}", markup=False, highlight=False)
     out.print(_to_do(report), highlight=False)
+    for pause in report.paused_sites:
+        out.print(_paused(pause), markup=False, highlight=False, soft_wrap=True)
     for e in report.recent_errors:
         out.print(
             f"failed {e.video_id} (attempt {e.attempts}): {e.error}", markup=False, highlight=False
         )
+
+
+def _paused(pause: SitePause) -> str:
+    if pause.kind == "needs_user":
+        return f"paused {pause.site} ({pause.owner}): {pause.reason}; {pause.fix}"
+    resume = f", resumes at {pause.resume_at:%H:%M:%S}" if pause.resume_at else ""
+    return f"throttled by {pause.site} ({pause.owner}{resume}): {pause.reason}"
 
 
 def _to_do(report: StatusSummary) -> str:
@@ -286,9 +299,10 @@ def search(
     for r in results:
         hit = r.hit
         speaker = f" [{hit.speaker}]" if hit.speaker else ""
+        source = f"  ({hit.transcript_source})" if hit.transcript_source else ""
         out.print(
             f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "
-            f"{clock(hit.start_s)}-{clock(hit.end_s)}  {r.link}\n    {hit.text}",
+            f"{clock(hit.start_s)}-{clock(hit.end_s)}  {r.link}{source}\n    {hit.text}",
             markup=False,
             highlight=False,
         )

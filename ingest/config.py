@@ -19,6 +19,7 @@ LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 DiarizationMode = Literal["auto", "always", "off"]
 DiarizerKind = Literal["auto", "pyannote", "ecapa"]
+CaptionsMode = Literal["manual", "auto", "off"]
 
 GPU_ASR_MODEL = "distil-large-v3"
 CPU_ASR_MODEL = "base"
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     asr_workers: int | None = Field(default=None, ge=1)
     asr_batch_size: int = Field(default=8, ge=1)
     asr_language: str | None = None
+    captions: CaptionsMode = "manual"
+    captions_language: str = "en"
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embed_batch: int = Field(default=1000, ge=1)
     embed_encode_batch: int = Field(default=32, ge=1)
@@ -68,6 +71,18 @@ class Settings(BaseSettings):
     max_duration: float = Field(default=14400.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
+    ytdlp_sleep_requests: float = Field(default=0.75, ge=0)
+    ytdlp_sleep_min: float = Field(default=0.0, ge=0)
+    ytdlp_sleep_max: float = Field(default=0.0, ge=0)
+    ytdlp_sleep_subtitles: float = Field(default=0.0, ge=0)
+    ytdlp_rate_limit: str | None = None
+    ytdlp_extractor_args: str | None = None
+    ytdlp_args: str = ""
+    cookies_file: Path | None = None
+    cookies_from_browser: str | None = None
+    max_videos_per_hour: float = Field(default=0.0, ge=0)
+    throttle_initial_seconds: float = Field(default=60.0, gt=0)
+    throttle_max_seconds: float = Field(default=1800.0, gt=0)
     db_outage_seconds: float = Field(default=600.0, gt=0)
     lease_seconds: float = Field(default=120.0, ge=5)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
@@ -85,8 +100,9 @@ class Settings(BaseSettings):
     log_format: LogFormat = "auto"
 
     @field_validator(
-        "database_url", "asr_model", "asr_workers", "asr_language", "hf_token", mode="before"
-    )
+        "database_url", "asr_model", "asr_workers", "asr_language", "hf_token", "ytdlp_rate_limit",
+        "ytdlp_extractor_args", "cookies_file", "cookies_from_browser", mode="before",
+    )  # fmt: skip
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
         # `.env.example` lists optional settings as `NAME=`; an empty INGEST_METRICS_ADDR, by

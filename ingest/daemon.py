@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -31,15 +31,18 @@ def parse_interval(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-async def poll(sources: Sequence[str], run: Session, interval_s: float) -> AsyncIterator[VideoJob]:
-    """Lists the sources, yields every claimable video, waits, and again, until stopped."""
+async def poll(
+    sources: Sequence[str], run: Session, interval_s: float, returned: Collection[str] = ()
+) -> AsyncIterator[VideoJob]:
+    """Lists the sources, yields every claimable video, waits, and again, until stopped. Videos
+    this process handed back (`returned`: their site waits for the user) are left to others."""
     stop = run.shutdown.requested
     jobs: dict[str, VideoJob] = {}
     while not stop.is_set():
-        listed, _ = await discover(sources, run.settings, run.db)
+        listed, _ = await discover(sources, run)
         jobs.update({v.record.id: v.job for v in listed})
         await run.claims.take_over_dead()
-        async for job in run.claims.jobs(jobs, stop):
+        async for job in run.claims.jobs(jobs, stop, returned=returned):
             yield job
         log.info("poll_done", known_videos=len(jobs), next_in_s=interval_s)
         with contextlib.suppress(TimeoutError):
@@ -62,5 +65,5 @@ async def daemon(
     )
     async with session(settings, rules, shutdown) as (run, metrics):
         ledger = Ledger(run.db, 0, metrics, run.claims.owner)
-        await run_jobs(run, ledger, poll(sources, run, poll_interval_s))
+        await run_jobs(run, ledger, poll(sources, run, poll_interval_s, ledger.returned))
     return ledger

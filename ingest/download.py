@@ -7,6 +7,7 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,16 @@ from typing import Any
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from db.videos import DiscoveredVideo, update_metadata
+from ingest.config import CaptionsMode
+from ingest.errors import classify, site_of
 from ingest.ledger import Ledger
-from ingest.messages import AudioFile, VideoJob
+from ingest.messages import AudioFile, Captions, VideoJob
 from ingest.retry import RetryPolicy, retry_transient
+from ingest.sources import published_at
+from ingest.throttle import Governor, SiteBlocked, ThrottleStopped, governed
 from workers.audio import too_long
+from workers.captions import CaptionError, caption_file_for, parse_captions, read_caption_file
 
 log = structlog.get_logger()
 
@@ -32,6 +39,16 @@ class NotYetAvailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one download brought: the audio (unless captions made it unnecessary), the captions
+    to use as the transcript, and the video's metadata as the extractor gave it."""
+
+    path: Path | None
+    captions: Captions | None
+    metadata: DiscoveredVideo
+
+
+@dataclass(frozen=True, slots=True)
 class DownloadOptions:
     audio_dir: Path
     workers: int = 24
@@ -39,6 +56,10 @@ class DownloadOptions:
     retries: int = 3  # yt-dlp's own, within one attempt
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_duration_s: float | None = None
+    ytdlp: Mapping[str, Any] = field(default_factory=dict)  # the user's (ingest.ytdlp_options)
+    captions: CaptionsMode = "off"  # use the site's captions: creator's (manual), any (auto)
+    captions_language: str = "en"
+    audio_needed: bool = True  # False: speakers are off, so captions make the audio unnecessary
 
 
 def audio_stem(video_id: str) -> str:
@@ -71,19 +92,46 @@ class Downloader:
         self.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def download(self, job: VideoJob) -> Path:
-        """Downloads one video's audio as `<stem>.wav`; removes partial files on failure."""
+    def download(self, job: VideoJob) -> Fetched:
+        """Downloads one video's captions when wanted and its audio as `<stem>.wav` when needed;
+        removes partial files on failure."""
         stem = audio_stem(job.video_id)
         ydl = self._ydl()
         ydl.params["outtmpl"] = {"default": str(self.options.audio_dir / f"{stem}.%(ext)s")}
         try:
             info = ydl.extract_info(job.url, download=False)
             self._check(info)
+            captions = self._captions(ydl, info)
+            if captions is not None and not self.options.audio_needed:
+                return Fetched(None, captions, metadata(info, job))
             info = ydl.process_ie_result(info, download=True)
-            return Path(info["requested_downloads"][0]["filepath"])
+            path = Path(info["requested_downloads"][0]["filepath"])
+            return Fetched(path, captions, metadata(info, job))
         except BaseException:
             remove_partial_files(self.options.audio_dir, stem)
             raise
+
+    def _captions(self, ydl: Any, info: Mapping[str, Any]) -> Captions | None:
+        """The first usable track: the creator's, then (in auto mode) YouTube's automatic ones.
+        Fetched through yt-dlp, so cookies, proxies and throttling apply as to any request."""
+        mode, language = self.options.captions, self.options.captions_language
+        kinds = {"manual": ("subtitles",), "auto": ("subtitles", "automatic_captions")}
+        for key in kinds.get(mode, ()):
+            track = _track(info.get(key) or {}, language)
+            if track is None:
+                continue
+            if pause := ydl.params.get("sleep_interval_subtitles"):
+                time.sleep(pause)
+            text = ydl.urlopen(track["url"]).read().decode("utf-8", "replace")
+            try:
+                segments = parse_captions(text, "vtt")
+            except CaptionError as exc:  # the audio is still there: speech recognition it is
+                log.warning("captions_unreadable", error=str(exc))
+                continue
+            if segments:
+                kind = "creator captions" if key == "subtitles" else "automatic captions"
+                return Captions(tuple(segments), f"{kind} ({language})")
+        return None
 
     def _check(self, info: dict[str, Any]) -> None:
         """Refuses, before downloading, what can never be ingested."""
@@ -106,6 +154,7 @@ class Downloader:
 
         ydl = yt_dlp.YoutubeDL(
             {
+                **self.options.ytdlp,
                 "format": "bestaudio/best",
                 "noplaylist": True,
                 "quiet": True,
@@ -127,6 +176,43 @@ class Downloader:
             from yt_dlp.utils import DownloadCancelled
 
             raise DownloadCancelled("download cancelled")
+
+
+async def _not_downloaded(
+    job: VideoJob, exc: Exception, downloader: Downloader, ledger: Ledger
+) -> None:
+    if downloader.cancelled:
+        await ledger.handed_back(job)
+    elif isinstance(exc, NotYetAvailable):
+        await ledger.skipped(job, str(exc))
+    elif (failure := classify(exc)).kind == "not_yet":  # yt-dlp's own word for a premiere
+        await ledger.skipped(job, failure.reason)
+    else:
+        await ledger.failed(job, "download", exc)
+
+
+def _track(by_language: Mapping[str, Any], language: str) -> Mapping[str, Any] | None:
+    """The WebVTT format of `language`'s track (or a regional variant of it), if listed."""
+    names = [language, *sorted(n for n in by_language if n.startswith(f"{language}-"))]
+    for name in names:
+        formats = by_language.get(name) or []
+        vtt = next((f for f in formats if f.get("ext") == "vtt" and f.get("url")), None)
+        if vtt is not None:
+            return dict(vtt)
+    return None
+
+
+def metadata(info: Mapping[str, Any], job: VideoJob) -> DiscoveredVideo:
+    """What the full extraction knows of a video that a flat listing may not have had."""
+    return DiscoveredVideo(
+        id=job.video_id,
+        url=job.url,
+        title=info.get("title"),
+        channel=info.get("channel") or info.get("uploader"),
+        extractor=info.get("extractor_key"),
+        published_at=published_at(info),
+        duration_s=info.get("duration"),
+    )
 
 
 def remove_partial_files(directory: Path, stem: str) -> None:
@@ -156,6 +242,7 @@ async def download_stage(
     *,
     downloader: Downloader,
     ledger: Ledger,
+    governor: Governor,
 ) -> None:
     """Runs `downloader.options.workers` downloads at once; a failed video is recorded and skipped.
 
@@ -166,7 +253,7 @@ async def download_stage(
     try:
         async with inbox, outbox, asyncio.TaskGroup() as tg:
             for _ in range(downloader.options.workers):
-                tg.create_task(_worker(inbox.clone(), outbox.clone(), downloader, ledger))
+                tg.create_task(_worker(inbox.clone(), outbox.clone(), downloader, ledger, governor))
     finally:
         downloader.cancel()
 
@@ -176,6 +263,7 @@ async def _worker(
     outbox: MemoryObjectSendStream[AudioFile],
     downloader: Downloader,
     ledger: Ledger,
+    governor: Governor,
 ) -> None:
     async with inbox, outbox:
         async for job in inbox:
@@ -183,36 +271,55 @@ async def _worker(
                 structlog.contextvars.bound_contextvars(video_id=job.video_id, stage="download"),
                 ledger.metrics.in_flight.labels("download").track_inprogress(),
             ):
-                audio = await _fetch(job, downloader, ledger)
+                audio = await _fetch(job, downloader, ledger, governor)
             if audio is not None:
                 await outbox.send(audio)
 
 
-async def _fetch(job: VideoJob, downloader: Downloader, ledger: Ledger) -> AudioFile | None:
+async def _fetch(
+    job: VideoJob, downloader: Downloader, ledger: Ledger, governor: Governor
+) -> AudioFile | None:
     if downloader.cancelled:
         await ledger.handed_back(job)
         return None
     if job.local_path is not None:
-        return AudioFile(job, job.local_path, owned=False, download_s=0.0)
+        return _local(job, job.local_path, downloader.options)
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
 
-    def attempt() -> asyncio.Future[Path]:
+    def attempt() -> asyncio.Future[Fetched]:
         return loop.run_in_executor(downloader.executor, downloader.download, job)
 
+    async def tries() -> Fetched:
+        return await retry_transient(downloader.options.retry, "download", attempt)
+
     try:
-        path = await retry_transient(downloader.options.retry, "download", attempt)
-    except NotYetAvailable as exc:
-        await ledger.skipped(job, str(exc))
+        await governor.pace(site_of(job.url))
+        fetched = await governed(governor, site_of(job.url), tries)
+    except (SiteBlocked, ThrottleStopped):  # the video stays to do, its attempt not spent
+        await ledger.handed_back(job)
         return None
     except Exception as exc:  # one video's failure never stops the others
-        if downloader.cancelled:
-            await ledger.handed_back(job)
-        else:
-            await ledger.failed(job, "download", exc)
+        await _not_downloaded(job, exc, downloader, ledger)
         return None
     elapsed = time.perf_counter() - started
-    log.debug("downloaded", path=str(path))
+    log.debug("downloaded", path=str(fetched.path), captions=fetched.captions is not None)
     ledger.metrics.latency.labels("download").observe(elapsed)
     ledger.metrics.items.labels("download", "ok").inc()
-    return AudioFile(job, path, owned=True, download_s=elapsed)
+    await ledger.db.run(lambda conn: update_metadata(conn, fetched.metadata))
+    return AudioFile(
+        job, fetched.path, True, elapsed, fetched.captions, fetched.metadata.duration_s
+    )
+
+
+def _local(job: VideoJob, path: Path, options: DownloadOptions) -> AudioFile:
+    """A user's own file, with the subtitle file beside it when there is one (and it reads)."""
+    found = caption_file_for(path, options.captions_language) if options.captions != "off" else None
+    if found is None:
+        return AudioFile(job, path, owned=False, download_s=0.0)
+    try:
+        captions = Captions(tuple(read_caption_file(found)), f"subtitle file ({found.name})")
+    except CaptionError as exc:  # the audio is still there: speech recognition it is
+        log.warning("captions_unreadable", error=str(exc))
+        return AudioFile(job, path, owned=False, download_s=0.0)
+    return AudioFile(job, path, owned=False, download_s=0.0, captions=captions)

@@ -59,6 +59,7 @@ class Ledger:
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
         self.failures: list[tuple[str, str]] = []  # (video id, error), in order of failure
+        self.returned: set[str] = set()  # videos handed back, not to be claimed again this run
         self.started = time.monotonic()
 
     def start_clock(self) -> None:
@@ -87,6 +88,7 @@ class Ledger:
         log.info("video_handed_back", video_id=job.video_id)
         await self.db.run(lambda conn: leases.hand_back(conn, self.owner, job.video_id))
         self.counters.handed_back += 1
+        self.returned.add(job.video_id)
 
     def done(self, finished: Sequence[TranscribedVideo]) -> None:
         for video in finished:

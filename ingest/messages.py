@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from workers.chunking import Chunk
+from workers.chunking import Chunk, Segment
 from workers.speakers import Decision
 
 
@@ -23,13 +23,24 @@ class VideoJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Captions:
+    """A transcript that came with the video, used instead of speech recognition."""
+
+    segments: tuple[Segment, ...]
+    source: str  # "creator captions (en)", "automatic captions (en)", "subtitle file (a.vtt)"
+
+
+@dataclass(frozen=True, slots=True)
 class AudioFile:
-    """Audio on local disk, ready for the GPU workers."""
+    """Audio on local disk, ready for the GPU workers; or, when captions are the transcript and
+    no speakers are wanted, no audio at all (`path` None, `duration_s` from the metadata)."""
 
     job: VideoJob
-    path: Path
+    path: Path | None
     owned: bool  # downloaded by us, so deleted once transcribed; a user's own file never is
     download_s: float
+    captions: Captions | None = None
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +50,10 @@ class TranscribedVideo:
     job: VideoJob
     duration_s: float
     chunks: tuple[Chunk, ...]
-    asr_model: str
+    asr_model: str | None  # None when captions were the transcript
     timings: tuple[tuple[str, float], ...]
     speakers: Decision
+    transcript_source: str | None = None  # the ASR model, or where the captions came from
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,18 @@ class Metrics:
         self.gpu_memory_total = Gauge(
             "ingest_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=r
         )
+        self.throttle_paused = Gauge(
+            "ingest_throttle_paused", "Whether requests to a site are paused (throttled, or "
+            "waiting for the user).", ["site"], registry=r,
+        )  # fmt: skip
+        self.throttle_pauses = Counter(
+            "ingest_throttle_pauses", "Pauses of a site after a throttling signal.", ["site"],
+            registry=r,
+        )  # fmt: skip
+        self.throttle_seconds = Counter(
+            "ingest_throttle_paused_seconds", "Seconds a site's requests spent paused.", ["site"],
+            registry=r,
+        )  # fmt: skip
         self.build = Info("ingest_build", "Version and models of this process.", registry=r)
         self.build.info({"version": ingest.__version__, "host": socket.gethostname()})
 

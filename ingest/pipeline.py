@@ -19,7 +19,9 @@ from ingest.messages import AudioFile, TranscribedVideo, VideoJob
 from ingest.models import Models
 from ingest.retry import Database, RetryPolicy
 from ingest.sink import sink_stage
+from ingest.throttle import Governor
 from ingest.transcribe import transcribe_stage
+from ingest.ytdlp_options import ytdlp_params
 from workers.chunking import ChunkingOptions
 
 
@@ -42,6 +44,10 @@ class PipelineOptions:
                 retries=settings.download_retries,
                 retry=RetryPolicy(settings.retry_attempts, settings.retry_backoff_seconds),
                 max_duration_s=settings.max_duration,
+                ytdlp=ytdlp_params(settings),
+                captions=settings.captions,
+                captions_language=settings.asr_language or settings.captions_language,
+                audio_needed=settings.diarization != "off",
             ),
             chunking=ChunkingOptions(settings.chunk_chars, settings.chunk_max_seconds),
             batching=BatchRules(settings.embed_batch, settings.embed_flush_seconds),
@@ -62,9 +68,11 @@ class Pipeline:
         models: Models,
         ledger: Ledger,
         downloader: Downloader | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self.options, self.db, self.models, self.ledger = options, db, models, ledger
         self.downloader = downloader or Downloader(options.download)
+        self.governor = governor or Governor(metrics=ledger.metrics)
         self._jobs = anyio.create_memory_object_stream[VideoJob](options.download.workers)
         self._audio = anyio.create_memory_object_stream[AudioFile](options.audio_queue)
         self._texts = anyio.create_memory_object_stream[TranscribedVideo](options.transcript_queue)
@@ -90,6 +98,7 @@ class Pipeline:
     def stop_downloads(self) -> None:
         """No new downloads: waiting and interrupted videos are handed back, the rest flows on."""
         self.downloader.cancel()
+        self.governor.stop()
 
     async def run(self, jobs: AsyncIterable[VideoJob]) -> None:
         """Returns once every job is done, failed or handed back; any stage crashing cancels
@@ -100,7 +109,11 @@ class Pipeline:
                 tg.create_task(_feed(jobs, self._jobs[0]))
                 tg.create_task(
                     download_stage(
-                        self._jobs[1], self._audio[0], downloader=downloader, ledger=self.ledger
+                        self._jobs[1],
+                        self._audio[0],
+                        downloader=downloader,
+                        ledger=self.ledger,
+                        governor=self.governor,
                     )
                 )
                 tg.create_task(

@@ -14,6 +14,7 @@ from rich.text import Text
 from ingest.backfill import BackfillResult
 from ingest.ledger import Ledger
 from ingest.pipeline import Pipeline
+from ingest.throttle import SiteStatus
 
 
 @contextmanager
@@ -40,7 +41,17 @@ def progress_view(ledger: Ledger, pipeline: Pipeline, elapsed_s: float) -> Rende
         f"  queues: {depths}  {clock(elapsed_s)}",
         f"  {time_left(ledger.eta_s())}",
     )
-    return Group(bar, line)
+    sites = [Text(site_line(site), style="yellow") for site in pipeline.governor.status()]
+    return Group(bar, line, *(site for site in sites if site.plain))
+
+
+def site_line(site: SiteStatus) -> str:
+    """What a paused site means for the run, or nothing once it resumed."""
+    if site.blocked:
+        return f" {site.site} needs you: {site.reason}; {site.fix}"
+    if site.paused:
+        return f" throttled by {site.site}, next try in {clock(site.resume_in_s)}"
+    return ""
 
 
 def audio_done(done_s: float, planned_s: float) -> str:
@@ -65,6 +76,13 @@ def summary(result: BackfillResult) -> str:
         lines.append(f"stopped early: {result.handed_back} videos handed back for a later run")
     lines += [f"failed {video_id}: {error}" for video_id, error in result.failures]
     lines += [f"source failed: {f.error}" for f in result.source_failures]
+    lines += [
+        f"{site.site} paused, its videos left to do: {site.reason}; {site.fix}"
+        for site in result.blocked
+    ]
+    throttled = [f"{s.site} ({s.pauses} pauses)" for s in result.sites if not s.blocked]
+    if throttled:
+        lines.append(f"throttled by {', '.join(throttled)}: requests waited for the pauses")
     return "\n".join(lines)
 
 

@@ -17,23 +17,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ingest.errors import classify
+
 log = structlog.get_logger()
 T = TypeVar("T")
-
-# Matched against yt-dlp's and PyAV's messages, lower-cased; permanent wins over transient.
-_PERMANENT = (
-    "http error 400", "http error 401", "http error 403", "http error 404", "http error 410",
-    "private video", "members-only", "members only", "join this channel", "video unavailable",
-    "has been removed", "no longer available", "unsupported url", "copyright",
-    "confirm your age", "premieres in", "live event will begin", "is not a valid url",
-    "no video formats", "requested format is not available", "invalid data",
-)  # fmt: skip
-_TRANSIENT = (
-    "http error 5", "http error 429", "too many requests", "timed out", "timeout",
-    "connection", "temporarily", "transporterror", "reset by peer", "broken pipe",
-    "network is unreachable", "name or service not known", "temporary failure",
-    "incompleteread", "remote end closed",
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +31,9 @@ class RetryPolicy:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A failure worth retrying (network, server-side, rate limits), not one that would repeat."""
-    text = f"{type(exc).__name__} {exc}".lower()
-    if any(marker in text for marker in _PERMANENT):
-        return False
-    return isinstance(exc, TimeoutError | ConnectionError) or any(m in text for m in _TRANSIENT)
+    """A one-off failure worth retrying (network, server-side). Throttling is not retried here:
+    the throttle governor pauses the whole site instead (ingest.throttle)."""
+    return classify(exc).kind == "transient"
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -20,6 +20,7 @@ from ingest.pipeline import Pipeline, PipelineOptions
 from ingest.retry import Database
 from ingest.shutdown import Shutdown
 from ingest.speakers import load_profiles
+from ingest.throttle import Governor
 
 log = structlog.get_logger()
 
@@ -32,6 +33,7 @@ class Session:
     db: Database
     claims: Claims
     shutdown: Shutdown
+    governor: Governor
 
 
 async def run_jobs(
@@ -62,7 +64,7 @@ async def run_jobs(
     options = PipelineOptions.from_settings(settings)
     audio_dir = audio_dir_of(settings.audio_dir, claims.owner)
     options = replace(options, download=replace(options.download, audio_dir=audio_dir))
-    pipeline = Pipeline(options, db=db, models=models, ledger=ledger)
+    pipeline = Pipeline(options, db=db, models=models, ledger=ledger, governor=session.governor)
     ledger.start_clock()
     session.shutdown.on_request(pipeline.stop_downloads)
     try:

@@ -19,7 +19,12 @@ class Result:
     link: str
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self.hit), "link": self.link}
+        published = self.hit.published_at
+        return {
+            **asdict(self.hit),
+            "published_at": published.isoformat() if published else None,
+            "link": self.link,
+        }
 
 
 def link_to(hit: SearchHit) -> str:

@@ -78,6 +78,7 @@ def _finished(video: EmbeddedVideo, embedding_model: str) -> FinishedVideo:
             for c, vector in zip(transcript.chunks, video.embeddings, strict=True)
         ],
         timings=dict(transcript.timings),
+        transcript_source=transcript.transcript_source,
         speakers=SpeakerPath(
             path=decision.path,
             similarity=decision.similarity,

@@ -46,13 +46,16 @@ class ListedVideo:
     job: VideoJob
 
 
-def list_source(source: str, *, socket_timeout: float = 30.0) -> list[ListedVideo]:
-    """Blocking: every video of one source, without duplicates, in the source's order."""
+def list_source(
+    source: str, *, socket_timeout: float = 30.0, ytdlp: Mapping[str, Any] | None = None
+) -> list[ListedVideo]:
+    """Blocking: every video of one source, without duplicates, in the source's order. `ytdlp`:
+    yt-dlp options of the user's (cookies, pacing, extractor arguments)."""
     path = Path(source).expanduser()
     if path.exists():
         videos = list(_list_local(path))
     elif "://" in source:
-        videos = list(_list_url(source, socket_timeout))
+        videos = list(_list_url(source, socket_timeout, ytdlp or {}))
     else:
         raise SourceError(f"{source}: neither an existing file or folder nor a URL")
     return _unique(videos)
@@ -92,10 +95,11 @@ def _header_duration(file: Path) -> float | None:
         return None
 
 
-def _list_url(url: str, socket_timeout: float) -> Iterator[ListedVideo]:
+def _list_url(url: str, socket_timeout: float, ytdlp: Mapping[str, Any]) -> Iterator[ListedVideo]:
     import yt_dlp
 
     options = {
+        **ytdlp,
         "extract_flat": "in_playlist",
         "quiet": True,
         "no_warnings": True,
@@ -147,16 +151,20 @@ def _remote_video(info: Mapping[str, Any], fallback_url: str) -> ListedVideo:
         title=info.get("title"),
         channel=info.get("channel") or info.get("uploader"),
         extractor=extractor,
-        published_at=_published(info),
+        published_at=published_at(info),
         duration_s=info.get("duration"),
         live_status=info.get("live_status"),
     )
     return ListedVideo(record, VideoJob(record.id, url, record.title))
 
 
-def _published(info: Mapping[str, Any]) -> datetime | None:
+def published_at(info: Mapping[str, Any]) -> datetime | None:
+    """When yt-dlp says the video was published: its timestamp, else its upload date."""
     timestamp = info.get("timestamp") or info.get("release_timestamp")
-    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+    if timestamp:
+        return datetime.fromtimestamp(timestamp, UTC)
+    day = str(info.get("upload_date") or "")
+    return datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC) if len(day) == 8 else None
 
 
 def _clean_message(exc: Exception) -> str:

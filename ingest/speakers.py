@@ -51,7 +51,9 @@ def _audio_of(source: str, workdir: Path, socket_timeout: float) -> Path:
         raise EnrollError(f"{source}: neither an audio file nor a URL")
     downloader = Downloader(DownloadOptions(workdir, workers=1, socket_timeout=socket_timeout))
     try:
-        return downloader.download(VideoJob(source, source))
+        fetched = downloader.download(VideoJob(source, source))
+        assert fetched.path is not None  # captions are off: the audio is always fetched
+        return fetched.path
     finally:
         downloader.close()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import anyio
+import numpy as np
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -39,8 +40,9 @@ class Decoded:
     """A video's audio decoded once (16 kHz mono), on its way to the models."""
 
     audio: AudioFile
-    waveform: Waveform
+    waveform: Waveform  # empty when captions are the transcript and speakers are off
     timings: tuple[tuple[str, float], ...]
+    duration_s: float
 
 
 async def transcribe_stage(
@@ -57,7 +59,8 @@ async def transcribe_stage(
     async with inbox, outbox, asyncio.TaskGroup() as tg:
         for models in workers:
             send, receive = anyio.create_memory_object_stream[Decoded](1)
-            tg.create_task(_decoder(inbox.clone(), send, ledger, max_duration_s))
+            needs_audio = models.speakers.on  # captions without speakers need no waveform
+            tg.create_task(_decoder(inbox.clone(), send, ledger, max_duration_s, needs_audio))
             tg.create_task(_worker(receive, outbox.clone(), models, chunking, ledger))
 
 
@@ -66,6 +69,7 @@ async def _decoder(
     outbox: MemoryObjectSendStream[Decoded],
     ledger: Ledger,
     max_duration_s: float | None,
+    needs_audio: bool,
 ) -> None:
     async with inbox, outbox:
         async for audio in inbox:
@@ -77,17 +81,17 @@ async def _decoder(
                 ledger.metrics.in_flight.labels("decode").track_inprogress(),
             ):
                 try:
-                    waveform = await asyncio.to_thread(
-                        _step, "decode", timings, ledger.metrics, _decode, audio.path,
-                        max_duration_s,
+                    decoded = await asyncio.to_thread(
+                        _step, "decode", timings, ledger.metrics, _prepare, audio,
+                        max_duration_s, needs_audio,
                     )  # fmt: skip
                 except StageError as exc:  # one video's failure never stops the others
                     await ledger.failed(audio.job, exc.step, exc)
                     continue
                 finally:
-                    if audio.owned:  # decoded once: the file is no longer needed
+                    if audio.owned and audio.path:  # decoded once: no longer needed
                         audio.path.unlink(missing_ok=True)
-            await outbox.send(Decoded(audio, waveform, tuple(timings)))
+            await outbox.send(Decoded(audio, decoded.waveform, tuple(timings), decoded.duration_s))
 
 
 async def _worker(
@@ -135,6 +139,25 @@ def _step(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    waveform: Waveform
+    duration_s: float
+
+
+def _prepare(audio: AudioFile, max_duration_s: float | None, needs_audio: bool) -> _Audio:
+    """The waveform, unless captions are the transcript and nothing else listens to it."""
+    if audio.path is not None and (needs_audio or audio.captions is None):
+        waveform = _decode(audio.path, max_duration_s)
+        return _Audio(waveform, duration_s(waveform))
+    assert audio.captions is not None  # no audio is fetched without captions
+    stated = audio.duration_s or (stated_duration(audio.path) if audio.path else None)
+    if reason := too_long(stated, max_duration_s):
+        raise ValueError(reason)
+    ends = max((s.end_s for s in audio.captions.segments), default=0.0)
+    return _Audio(np.zeros(0, dtype=np.float32), stated or ends)
+
+
 def _decode(path: Path, max_duration_s: float | None) -> Waveform:
     """Decodes once, after checking the stated duration (memory stays bounded); audio that ends
     well before its header says is refused rather than transcribed in part."""
@@ -155,17 +178,24 @@ def _infer(
     # One voice-activity pass serves the host check and the clustering diarizer.
     regions = _step("vad", timings, metrics, speech_regions, waveform) if models.speakers.on else []
     decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform, regions)
-    # Word timings are only needed to split segments at a change of speaker.
-    words = decision.path == "full"
-    segments = _step("transcribe", timings, metrics, models.asr.transcribe, waveform, words=words)
+    captions = decoded.audio.captions
+    if captions is None:
+        # Word timings are only needed to split segments at a change of speaker.
+        words = decision.path == "full"
+        segments = _step("transcribe", timings, metrics, models.asr.transcribe, waveform,
+                         words=words)  # fmt: skip
+    else:
+        segments = list(captions.segments)
     labelled = _step(
         "diarize", timings, metrics, models.speakers.label, waveform, segments, decision, regions
     )
+    asr_model = models.asr.options.model if captions is None else None
     return TranscribedVideo(
         job=decoded.audio.job,
-        duration_s=duration_s(waveform),
+        duration_s=decoded.duration_s,
         chunks=tuple(chunk_segments(labelled, chunking)),
-        asr_model=models.asr.options.model,
+        asr_model=asr_model,
         timings=tuple(timings),
         speakers=decision,
+        transcript_source=captions.source if captions else f"speech recognition ({asr_model})",
     )

@@ -136,5 +136,7 @@ def ingest_env(database_url: str, models: ModelPaths, tmp_path: Path) -> dict[st
         "INGEST_EMBED_FLUSH_SECONDS": "0.5",
         "INGEST_METRICS_ADDR": "",
         "INGEST_METRICS_SAMPLE_SECONDS": "0.5",
+        # The local servers of the tests need no pacing (the default suits YouTube).
+        "INGEST_YTDLP_SLEEP_REQUESTS": "0",
     }
     return env

@@ -6,7 +6,7 @@ import functools
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -22,11 +22,28 @@ class Item:
     file: str  # path under the served folder (need not exist: a 404), or a whole URL
 
 
+# Decides a request's answer instead of the file: (status, headers), or None to serve the file.
+Gate = Callable[[str], tuple[int, dict[str, str]] | None]
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
     bytes_per_second: int | None = None
+    gate: Gate | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def send_head(self) -> Any:
+        gate = type(self).gate
+        answer = gate(self.path) if gate is not None else None
+        if answer is None:
+            return super().send_head()
+        status, headers = answer
+        self.send_response(status)
+        for name, value in {"Content-Length": "0", **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        return None
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         if self.bytes_per_second is None:
@@ -44,9 +61,15 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve(folder: Path, bytes_per_second: int | None = None) -> Iterator[str]:
-    """Serves `folder`, optionally throttled; yields its base URL."""
-    handler_class = type("Handler", (_QuietHandler,), {"bytes_per_second": bytes_per_second})
+def serve(
+    folder: Path, bytes_per_second: int | None = None, gate: Gate | None = None
+) -> Iterator[str]:
+    """Serves `folder`, optionally slowly, or answering as `gate` says; yields its base URL."""
+    attributes = {
+        "bytes_per_second": bytes_per_second,
+        "gate": staticmethod(gate) if gate else None,
+    }
+    handler_class = type("Handler", (_QuietHandler,), attributes)
     handler = functools.partial(handler_class, directory=str(folder))
     server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from ingest.config import ConfigError, Settings, load_settings
+from ingest.ytdlp_options import ytdlp_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,3 +40,29 @@ def test_cpu_defaults() -> None:
     assert settings.resolved_asr_model() == "base"
     assert settings.resolved_compute_type() == "int8"
     assert settings.resolved_asr_workers() == 1
+
+
+def test_yt_dlp_options_mean_what_yt_dlp_says(tmp_path: Path) -> None:
+    cookies = tmp_path / "cookies.txt"
+    settings = load_settings(
+        ytdlp_sleep_requests=1.5,
+        ytdlp_sleep_min=5,
+        ytdlp_sleep_max=15,
+        ytdlp_rate_limit="2M",
+        cookies_file=cookies,
+        ytdlp_extractor_args="youtube:player_client=web",
+        ytdlp_args="--proxy socks5://127.0.0.1:1080",
+    )
+    params = ytdlp_params(settings)
+    assert params["sleep_interval_requests"] == 1.5
+    assert (params["sleep_interval"], params["max_sleep_interval"]) == (5, 15)
+    assert params["ratelimit"] == 2 * 1024 * 1024
+    assert params["cookiefile"] == str(cookies)
+    assert params["extractor_args"] == {"youtube": {"player_client": ["web"]}}
+    assert params["proxy"] == "socks5://127.0.0.1:1080"
+    assert "format" not in params and "outtmpl" not in params  # the downloader's own stay
+
+
+def test_yt_dlp_options_it_rejects_are_a_setup_error() -> None:
+    with pytest.raises(ConfigError, match=r"^invalid yt-dlp options .*no such option"):
+        ytdlp_params(load_settings(ytdlp_args="--no-such-option"))

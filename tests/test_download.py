@@ -15,6 +15,7 @@ from ingest.download import Downloader, DownloadOptions, audio_stem, download_st
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, VideoJob
 from ingest.retry import Database
+from ingest.throttle import Governor
 from tests.conftest import Speech
 from tests.feeds import serve
 from workers.asr import decode_audio
@@ -37,7 +38,10 @@ async def run_downloads(
         async with send:
             for job in jobs:
                 await send.send(job)
-        await download_stage(receive, out_send, downloader=downloader, ledger=ledger)
+        governor = Governor(metrics=ledger.metrics)
+        await download_stage(
+            receive, out_send, downloader=downloader, ledger=ledger, governor=governor
+        )
         return [audio async for audio in out_receive]
 
 
@@ -59,7 +63,7 @@ async def test_downloads_16k_mono_wav_and_records_failures(
             (audio,) = await run_downloads(jobs, downloader, ledger)
         finally:
             downloader.close()
-    assert audio.job.video_id == "ok" and audio.owned
+    assert audio.job.video_id == "ok" and audio.owned and audio.path
     assert audio.path.name == f"{audio_stem('ok')}.wav"
     assert len(decode_audio(audio.path)) > 16000
     assert ledger.failures[0][0] == "gone" and "404" in ledger.failures[0][1]

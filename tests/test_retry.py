@@ -21,7 +21,8 @@ pytestmark = pytest.mark.anyio
             "ERROR: [generic] x: Unable to download webpage: HTTP Error 503: Service Unavailable",
             True,
         ),
-        ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", True),
+        # Throttling pauses the site (tests/test_throttling.py) rather than being retried.
+        ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", False),
         ("ERROR: [Errno 111] Connection refused", True),
         ("ERROR: Read timed out.", True),
         ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", False),

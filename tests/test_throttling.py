@@ -1,0 +1,100 @@
+"""A site that throttles, and one that wants a signed-in user, through the real yt-dlp and the
+real `ingest backfill`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import Speech
+from tests.feeds import fill, serve, write_feed
+from tests.test_backfill import fetch, ingest
+
+
+@dataclass
+class Throttler:
+    """Answers 429 with Retry-After to every audio request for `window_s` seconds, from the
+    `after`-th audio request on, as a server that has had enough does; counts what it gets."""
+
+    after: int
+    window_s: float
+    requests: int = 0
+    started: float | None = None
+    during: list[float] = field(default_factory=list)  # when requests came during the window
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, path: str) -> tuple[int, dict[str, str]] | None:
+        if not path.endswith(".wav"):
+            return None
+        with self.lock:
+            self.requests += 1
+            now = time.monotonic()
+            if self.started is None and self.requests >= self.after:
+                self.started = now
+            if self.started is None or now - self.started >= self.window_s:
+                return None
+            self.during.append(now - self.started)
+            left = math.ceil(self.window_s - (now - self.started))
+            return 429, {"Retry-After": str(left)}
+
+
+async def statuses(database_url: str) -> dict[str, tuple[str, int]]:
+    rows = await fetch(database_url, "SELECT id, status, attempts FROM videos")
+    return {r["id"]: (r["status"], r["attempts"]) for r in rows}
+
+
+def test_a_throttling_server_pauses_every_download_and_fails_none(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    items = fill(site, [speech.short, speech.medium], 12)
+    throttler = Throttler(after=3, window_s=8.0)
+    env = {**ingest_env, "INGEST_DOWNLOAD_WORKERS": "8", "INGEST_RETRY_BACKOFF_SECONDS": "0.1"}
+    with serve(site, gate=throttler) as base:
+        started = time.monotonic()
+        result = ingest(env, "backfill", write_feed(site, base, items))
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "12 done, 0 failed of 12 videos" in result.stdout
+    assert "throttled by 127.0.0.1" in result.stdout
+    videos = asyncio.run(statuses(database_url))
+    assert set(videos.values()) == {("done", 1)}  # no attempt spent on the throttling
+    assert elapsed >= 8.0
+    # The requests already on their way when the first 429 came, and one probe if it was early;
+    # not eight downloaders knocking for eight seconds.
+    assert len(throttler.during) <= 9, throttler.during
+    assert all(t < 1.0 for t in throttler.during[:-1]), throttler.during
+
+
+def cloudflare_challenge(path: str) -> tuple[int, dict[str, str]] | None:
+    """What a site behind Cloudflare's bot check answers a plain client: yt-dlp needs to be set
+    up to impersonate a browser, which only the user can do."""
+    return (403, {"cf-mitigated": "challenge"}) if path.endswith(".wav") else None
+
+
+def test_a_site_that_needs_the_user_is_paused_and_says_what_to_do(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    items = fill(site, [speech.short], 5)
+    with serve(site, gate=cloudflare_challenge) as base:
+        result = ingest(ingest_env, "backfill", write_feed(site, base, items))
+    assert result.returncode == 1, result.stderr
+    assert "0 done, 0 failed of 5 videos" in result.stdout
+    (paused,) = [line for line in result.stdout.splitlines() if "paused" in line]
+    assert paused.startswith("127.0.0.1 paused, its videos left to do: Cloudflare")
+    assert "INGEST_YTDLP_EXTRACTOR_ARGS='generic:impersonate'" in paused
+    assert set(asyncio.run(statuses(database_url)).values()) == {("discovered", 0)}
+
+    status = ingest(ingest_env, "status")
+    assert "paused 127.0.0.1" in status.stdout and "impersonate" in status.stdout
+    report = json.loads(ingest(ingest_env, "status", "--json").stdout)
+    (pause,) = report["paused_sites"]
+    assert (pause["site"], pause["kind"]) == ("127.0.0.1", "needs_user")
