@@ -9,14 +9,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bench import downloads, gpu, models, pipeline, sink
+from bench import claims, downloads, gpu, models, pipeline, sink
 from bench.database import server
 from bench.results import Figure, show, write
 from ingest.logging import configure_logging
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-NAMES = ("pipeline", "memory", "sink", "downloads", "models", "gpu")
+NAMES = ("pipeline", "memory", "sink", "claims", "downloads", "models", "gpu")
 
 
 def _run(name: str, quick: bool, uri: str) -> list[Figure]:
@@ -26,6 +26,8 @@ def _run(name: str, quick: bool, uri: str) -> list[Figure]:
         return pipeline.memory(uri, 20, 100) if quick else pipeline.memory(uri, 100, 1000)
     if name == "sink":
         return sink.sink(uri, quick)
+    if name == "claims":
+        return claims.claims(uri, quick)
     if name == "downloads":
         return downloads.downloads(files=10 if quick else 30, rate=100_000)
     if name == "models":

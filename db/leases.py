@@ -22,45 +22,80 @@ class ClaimRules:
     reprocess_done_before: datetime | None = None  # redo videos done before this time
 
 
-_CLAIMABLE = """
-    id = ANY($1::text[]) AND (
-        status = 'discovered'
-        OR (status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at < now()))
-        OR ($2::timestamptz IS NOT NULL AND status = 'failed' AND updated_at < $2)
-        OR ($3::timestamptz IS NOT NULL AND status = 'done' AND done_at < $3)
-    )
-"""
+# Whether video `v` may be claimed; $2 and $3 are the rules' cutoffs.
+_CLAIMABLE_VIDEO = """(
+        v.status = 'discovered'
+        OR (v.status = 'processing' AND (v.lease_expires_at IS NULL OR v.lease_expires_at < now()))
+        OR ($2::timestamptz IS NOT NULL AND v.status = 'failed' AND v.updated_at < $2)
+        OR ($3::timestamptz IS NOT NULL AND v.status = 'done' AND v.done_at < $3)
+    )"""
+
+# The first claimable video of one source's listing at or after a position: an index walk along
+# (source, position) that stops at the first hit, however long the listing.
+_CLAIM_NEXT = f"""
+WITH next AS (
+    SELECT v.id, l.position FROM listings l JOIN videos v ON v.id = l.video_id
+    WHERE l.source = $1 AND l.position >= $6 AND NOT v.id = ANY($7::text[])
+      AND {_CLAIMABLE_VIDEO}
+    ORDER BY l.position LIMIT 1 FOR UPDATE OF v SKIP LOCKED
+)
+UPDATE videos AS v SET status = 'processing', lease_owner = $4,
+    lease_expires_at = now() + make_interval(secs => $5), attempts = v.attempts + 1,
+    error = NULL, updated_at = now()
+FROM next WHERE v.id = next.id
+RETURNING v.id, v.url, v.title, v.extractor, next.position
+"""  # noqa: S608 - constant fragments; every value is a parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: str
+    url: str
+    title: str | None
+    extractor: str | None
+    position: int  # in its source's listing
 
 
 async def claim_next(
-    conn: asyncpg.Connection, owner: str, ids: Sequence[str], rules: ClaimRules
-) -> str | None:
-    """Leases the first claimable video of `ids` (in their order) to `owner`."""
-    video_id: str | None = await conn.fetchval(
-        f"""
-        UPDATE videos SET status = 'processing', lease_owner = $4,
-            lease_expires_at = now() + make_interval(secs => $5), attempts = attempts + 1,
-            error = NULL, updated_at = now()
-        WHERE id = (
-            SELECT id FROM videos WHERE {_CLAIMABLE}
-            ORDER BY array_position($1::text[], id)
-            LIMIT 1 FOR UPDATE SKIP LOCKED
-        )
-        RETURNING id
-        """,  # noqa: S608 - a constant fragment; every value is a parameter
-        list(ids),
+    conn: asyncpg.Connection,
+    owner: str,
+    source: str,
+    start: int,
+    rules: ClaimRules,
+    excluded: Sequence[str] = (),
+) -> Claimed | None:
+    """Leases to `owner` the first claimable video of `source`'s listing from position `start`
+    on, leaving out `excluded` (videos this process handed back)."""
+    row = await conn.fetchrow(
+        _CLAIM_NEXT,
+        source,
         rules.retry_failed_before,
         rules.reprocess_done_before,
         owner,
         rules.ttl_s,
+        start,
+        list(excluded),
     )
-    return video_id
+    return None if row is None else Claimed(**dict(row))
+
+
+async def record_listing(conn: asyncpg.Connection, source: str, ids: Sequence[str]) -> None:
+    """`source`'s listing, in its order, replacing the previous one: one COPY, however long."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM listings WHERE source = $1", source)
+        await conn.copy_records_to_table(
+            "listings",
+            records=[(source, position, video_id) for position, video_id in enumerate(ids)],
+            columns=["source", "position", "video_id"],
+        )
 
 
 _COUNT_CLAIMABLE = f"""
-    SELECT count(*) AS videos, coalesce(sum(duration_s), 0) AS audio_s,
-        count(*) - count(duration_s) AS unknown
-    FROM videos WHERE {_CLAIMABLE}
+    SELECT count(*) AS videos, coalesce(sum(v.duration_s), 0) AS audio_s,
+        count(*) - count(v.duration_s) AS unknown
+    FROM videos v
+    WHERE v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[]))
+      AND {_CLAIMABLE_VIDEO}
 """  # noqa: S608 - a constant fragment; every value is a parameter
 
 
@@ -81,11 +116,12 @@ class Claimable:
 
 
 async def count_claimable(
-    conn: asyncpg.Connection, ids: Sequence[str], rules: ClaimRules
+    conn: asyncpg.Connection, sources: Sequence[str], rules: ClaimRules
 ) -> Claimable:
+    """What is left to do among the videos of the sources' listings (each video once)."""
     row = await conn.fetchrow(
         _COUNT_CLAIMABLE,
-        list(ids),
+        list(sources),
         rules.retry_failed_before,
         rules.reprocess_done_before,
     )

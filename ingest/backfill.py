@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
 from db import sites, videos
 from db.corpus import ensure_search_index
-from db.leases import Claimable, ClaimRules
+from db.leases import Claimable, ClaimRules, record_listing
 from db.sites import SitePause
 from ingest.claims import Claims, new_owner
 from ingest.config import Settings
@@ -26,7 +26,7 @@ from ingest.observe import observed
 from ingest.retry import Database
 from ingest.runner import Display, Session, run_jobs
 from ingest.shutdown import Shutdown
-from ingest.sources import ListedVideo, SourceError, list_source
+from ingest.sources import ListedVideo, SourceError, list_source, source_key
 from ingest.throttle import Governor, SiteBlocked, SiteStatus, ThrottleOptions, governed
 from ingest.ytdlp_options import ytdlp_params
 
@@ -88,12 +88,14 @@ def throttle_options(settings: Settings) -> ThrottleOptions:
 
 @asynccontextmanager
 async def session(
-    settings: Settings, rules: ClaimRules, shutdown: Shutdown
+    settings: Settings, rules: Callable[[datetime], ClaimRules], shutdown: Shutdown
 ) -> AsyncIterator[tuple[Session, Metrics]]:
     """The database with the schema up to date, metrics served, a lease owner for this process."""
     async with open_database(settings) as pool, observed(settings, pool) as metrics:
         db = Database(pool, settings.db_outage_seconds)
-        claims = Claims(db, new_owner(), rules)
+        # Cutoffs ("failed before this run") are the database's time: clients' clocks drift.
+        now: datetime = await db.run(lambda conn: conn.fetchval("SELECT now()"))
+        claims = Claims(db, new_owner(), rules(now))
         await claims.take_over_dead()
         publish = functools.partial(publish_pause, db, claims.owner)
         governor = Governor(throttle_options(settings), metrics, publish=publish)
@@ -114,23 +116,25 @@ async def backfill(
     display: Display | None = None,
     shutdown: Shutdown | None = None,
 ) -> BackfillResult:
-    started, now = time.perf_counter(), datetime.now(UTC)
+    started = time.perf_counter()
     shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
-    rules = ClaimRules(
-        ttl_s=settings.lease_seconds,
-        retry_failed_before=now if retry_failed else None,
-        reprocess_done_before=now if reprocess else None,
-    )
+
+    def rules(now: datetime) -> ClaimRules:
+        return ClaimRules(
+            ttl_s=settings.lease_seconds,
+            retry_failed_before=now if retry_failed else None,
+            reprocess_done_before=now if reprocess else None,
+        )
+
     async with session(settings, rules, shutdown) as (run, metrics):
         listed, source_failures = await discover(sources, run)
-        jobs = {v.record.id: v.job for v in listed}
-        todo = await run.claims.count(list(jobs))
+        todo = await run.claims.count(listed)
         total = min(todo.videos, limit or todo.videos)
         ledger = Ledger(run.db, total, metrics, run.claims.owner)
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
         if total:
-            feed = run.claims.jobs(jobs, shutdown.requested, limit, ledger.returned)
+            feed = run.claims.jobs(listed, shutdown.requested, limit, ledger.returned)
             await run_jobs(run, ledger, feed, display)
         if not shutdown.requested.is_set():
             await run.db.run(ensure_search_index)
@@ -162,24 +166,28 @@ def announce(todo: Claimable, total: int) -> None:
     )
 
 
-async def discover(
-    sources: Sequence[str], run: Session
-) -> tuple[list[ListedVideo], list[SourceFailure]]:
+async def discover(sources: Sequence[str], run: Session) -> tuple[list[str], list[SourceFailure]]:
     """Lists every source (concurrently, each as its site's governor admits) and records its
-    videos; a failing source is reported."""
+    videos and its listing; returns the keys of the listings recorded, in the sources' order,
+    and the sources that failed."""
     results = await asyncio.gather(*(_list(source, run) for source in sources))
-    listed: dict[str, ListedVideo] = {}
+    listed: list[str] = []
     failures: list[SourceFailure] = []
     for source, result in zip(sources, results, strict=True):
         if isinstance(result, SourceFailure):
             failures.append(result)
             continue
-        for video in result:
-            listed.setdefault(video.record.id, video)
+        await record(run.db, source_key(source), result)
         log.info("source_listed", source=source, videos=len(result))
-    records = [v.record for v in listed.values()]
-    await run.db.run(lambda conn: videos.record_discovered(conn, records))
-    return list(listed.values()), failures
+        listed.append(source_key(source))
+    return listed, failures
+
+
+async def record(db: Database, source: str, listing: Sequence[ListedVideo]) -> None:
+    records = [video.record for video in listing]
+    ids = [record.id for record in records]
+    await db.run(lambda conn: videos.record_discovered(conn, records))
+    await db.run(lambda conn: record_listing(conn, source, ids))
 
 
 async def _list(source: str, run: Session) -> list[ListedVideo] | SourceFailure:

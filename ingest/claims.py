@@ -4,12 +4,16 @@ end, and the leases of this machine's dead processes taken over at start."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import structlog
 
@@ -61,6 +65,37 @@ def remove_dead_audio(base: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@dataclass
+class _Cursor:
+    """Where the walk along the listings is: a source, and a position in its listing."""
+
+    sources: list[str]
+    index: int = 0
+    position: int = 0
+    fresh: bool = True  # this walk began at the start and has found nothing yet
+
+    @property
+    def source(self) -> str | None:
+        return self.sources[self.index] if self.index < len(self.sources) else None
+
+    def found(self, position: int) -> None:
+        self.position, self.fresh = position + 1, False
+
+    def next_source(self) -> None:
+        self.index, self.position = self.index + 1, 0
+
+    def restart(self) -> None:
+        self.index, self.position, self.fresh = 0, 0, True
+
+
+def job_of(video: leases.Claimed) -> VideoJob:
+    """The job of a claimed video, rebuilt from its row: a local file's path is in its URL."""
+    local = None
+    if video.extractor == "file":
+        local = Path(url2pathname(urlsplit(video.url).path))
+    return VideoJob(video.id, video.url, video.title, local_path=local)
+
+
 class Claims:
     def __init__(self, db: Database, owner: str, rules: ClaimRules) -> None:
         self.db, self.owner, self.rules = db, owner, rules
@@ -76,33 +111,52 @@ class Claims:
         log.info("leases_taken_over", owners=dead, videos=count)
         return count
 
-    async def count(self, ids: list[str]) -> leases.Claimable:
-        return await self.db.run(lambda conn: leases.count_claimable(conn, ids, self.rules))
+    async def count(self, sources: Sequence[str]) -> leases.Claimable:
+        return await self.db.run(lambda conn: leases.count_claimable(conn, sources, self.rules))
 
     async def jobs(
         self,
-        jobs: Mapping[str, VideoJob],
+        sources: Sequence[str],
         stop: asyncio.Event,
         limit: int | None = None,
         returned: Collection[str] = (),
     ) -> AsyncIterator[VideoJob]:
-        """Claims the given videos one at a time, in order, until none is left, `limit` is
-        reached, or `stop` is set. Claiming lazily leaves the rest to other replicas. Videos
-        this run handed back (`returned`, which grows as it goes: a site that needs the user)
-        are not claimed again by it."""
-        ids = list(jobs)
+        """Claims the videos of the sources' recorded listings one at a time, in listing order
+        (source after source), until none is left, `limit` is reached, or `stop` is set.
+        Claiming lazily leaves the rest to other replicas. Videos this run handed back
+        (`returned`, which grows as it goes: a site that needs the user) are left alone.
+
+        A cursor walks the listings, so each claim costs an index lookup whatever their length.
+        At the end the walk starts over once, for videos whose lease expired or that another
+        claim held meanwhile; a walk from the start that finds nothing ends it."""
+        cursor = _Cursor(list(sources))
         claimed = 0
         while not stop.is_set() and (limit is None or claimed < limit):
-            if returned:
-                ids = [i for i in ids if i not in returned]
-            video_id = await self._claim_next(ids)
-            if video_id is None:
-                return
+            video = await self._claim_at(cursor, returned)
+            if video is None:
+                if cursor.fresh:
+                    return
+                cursor.restart()
+                continue
             claimed += 1
-            yield jobs[video_id]
+            yield job_of(video)
 
-    async def _claim_next(self, ids: list[str]) -> str | None:
-        return await self.db.run(lambda conn: leases.claim_next(conn, self.owner, ids, self.rules))
+    async def _claim_at(self, cursor: _Cursor, returned: Collection[str]) -> leases.Claimed | None:
+        while (source := cursor.source) is not None:
+            claim = functools.partial(
+                leases.claim_next,
+                owner=self.owner,
+                source=source,
+                start=cursor.position,
+                rules=self.rules,
+                excluded=list(returned),
+            )
+            video = await self.db.run(claim)
+            if video is not None:
+                cursor.found(video.position)
+                return video
+            cursor.next_source()
+        return None
 
     async def renew_forever(self) -> None:
         while True:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Collection, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
@@ -17,6 +17,7 @@ from ingest.ledger import Ledger
 from ingest.messages import VideoJob
 from ingest.runner import Session, run_jobs
 from ingest.shutdown import Shutdown
+from ingest.sources import source_key
 
 log = structlog.get_logger()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -37,14 +38,14 @@ async def poll(
     """Lists the sources, yields every claimable video, waits, and again, until stopped. Videos
     this process handed back (`returned`: their site waits for the user) are left to others."""
     stop = run.shutdown.requested
-    jobs: dict[str, VideoJob] = {}
+    # A source that fails to list this time keeps its last listing: its videos still get done.
+    keys = [source_key(source) for source in sources]
     while not stop.is_set():
-        listed, _ = await discover(sources, run)
-        jobs.update({v.record.id: v.job for v in listed})
+        await discover(sources, run)
         await run.claims.take_over_dead()
-        async for job in run.claims.jobs(jobs, stop, returned=returned):
+        async for job in run.claims.jobs(keys, stop, returned=returned):
             yield job
-        log.info("poll_done", known_videos=len(jobs), next_in_s=interval_s)
+        log.info("poll_done", sources=len(keys), next_in_s=interval_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 
@@ -59,10 +60,10 @@ async def daemon(
 ) -> Ledger:
     """Runs until SIGTERM/SIGINT; returns the ledger of what it did."""
     shutdown = shutdown or Shutdown(settings.shutdown_grace_seconds)
-    rules = ClaimRules(
-        ttl_s=settings.lease_seconds,
-        retry_failed_before=datetime.now(UTC) if retry_failed else None,
-    )
+
+    def rules(now: datetime) -> ClaimRules:
+        return ClaimRules(settings.lease_seconds, retry_failed_before=now if retry_failed else None)
+
     async with session(settings, rules, shutdown) as (run, metrics):
         ledger = Ledger(run.db, 0, metrics, run.claims.owner)
         await run_jobs(run, ledger, poll(sources, run, poll_interval_s, ledger.returned))

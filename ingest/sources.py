@@ -46,6 +46,13 @@ class ListedVideo:
     job: VideoJob
 
 
+def source_key(source: str) -> str:
+    """How a source's listing is stored: a local path made absolute (the same folder named
+    from elsewhere is the same source), anything else as given."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
 def list_source(
     source: str, *, socket_timeout: float = 30.0, ytdlp: Mapping[str, Any] | None = None
 ) -> list[ListedVideo]:
