@@ -128,12 +128,17 @@ async def count_claimable(
     return Claimable(row["videos"], float(row["audio_s"]), row["unknown"])
 
 
-async def renew(conn: asyncpg.Connection, owner: str, ttl_s: float) -> int:
+async def renew(
+    conn: asyncpg.Connection, owner: str, ttl_s: float, in_flight: Sequence[str]
+) -> int:
+    """Extends the leases of the videos `owner` is working on, and of no other: a lease it
+    lost, or one of a video it has let go, is not its to extend."""
     status = await conn.execute(
         "UPDATE videos SET lease_expires_at = now() + make_interval(secs => $2)"
-        " WHERE lease_owner = $1 AND status = 'processing'",
+        " WHERE id = ANY($3::text[]) AND lease_owner = $1 AND status = 'processing'",
         owner,
         ttl_s,
+        list(in_flight),
     )
     return int(status.split()[-1])
 

@@ -103,39 +103,72 @@ class WriteResult:
     chunks: int
     rows_written: int  # inserted or changed; unchanged rows are not rewritten
     rows_deleted: int
+    lost: tuple[str, ...] = ()  # videos whose lease the writer no longer held: not written
 
 
-async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> WriteResult:
-    """Writes the videos' chunks and marks them done, in one transaction.
+# Locks the videos the writer still holds, so a takeover waits for this transaction to end.
+_HELD = """
+SELECT id FROM videos
+WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'processing' FOR UPDATE
+"""
+
+
+async def write_finished(
+    conn: asyncpg.Connection, videos: Sequence[FinishedVideo], owner: str | None = None
+) -> WriteResult:
+    """Writes the videos' chunks and marks them done, in one transaction; with `owner`, only
+    the videos it still holds (checked and locked in that transaction), the others are `lost`.
 
     Videos with no stored chunks yet (every video of a first backfill) are COPYed straight into
     `segments`, which writes each row once; otherwise rows go through the staging table and the
     upsert. A concurrent writer that got there first sends the batch down the upsert path too.
     """
-    records = [
+    ids = [v.video_id for v in videos]
+    if not await conn.fetchval(_ANY_STORED, ids):
+        try:
+            async with conn.transaction():
+                kept = await _still_held(conn, videos, owner)
+                records = _records(kept)
+                await conn.copy_records_to_table("segments", records=records, columns=_COLUMNS)
+                await _mark_done(conn, kept)
+            return WriteResult(len(kept), len(records), len(records), 0, _lost(videos, kept))
+        except asyncpg.UniqueViolationError:
+            pass
+    async with conn.transaction():
+        kept = await _still_held(conn, videos, owner)
+        records = _records(kept)
+        await conn.execute(_STAGING)
+        await conn.copy_records_to_table("segments_staging", records=records, columns=_COLUMNS)
+        written = _row_count(await conn.execute(_UPSERT))
+        kept_ids = [v.video_id for v in kept]
+        deleted = _row_count(
+            await conn.execute(_DELETE_STALE, kept_ids, [len(v.chunks) for v in kept])
+        )
+        await _mark_done(conn, kept)
+    return WriteResult(len(kept), len(records), written, deleted, _lost(videos, kept))
+
+
+async def _still_held(
+    conn: asyncpg.Connection, videos: Sequence[FinishedVideo], owner: str | None
+) -> list[FinishedVideo]:
+    if owner is None:
+        return list(videos)
+    held = {r["id"] for r in await conn.fetch(_HELD, [v.video_id for v in videos], owner)}
+    return [v for v in videos if v.video_id in held]
+
+
+def _lost(videos: Sequence[FinishedVideo], kept: Sequence[FinishedVideo]) -> tuple[str, ...]:
+    written = {v.video_id for v in kept}
+    return tuple(v.video_id for v in videos if v.video_id not in written)
+
+
+def _records(videos: Sequence[FinishedVideo]) -> list[tuple[object, ...]]:
+    return [
         (v.video_id, c.seg_index, c.start_s, c.end_s, c.speaker, c.speaker_confidence, c.text,
          c.embedding)
         for v in videos
         for c in v.chunks
     ]  # fmt: skip
-    ids = [v.video_id for v in videos]
-    if not await conn.fetchval(_ANY_STORED, ids):
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table("segments", records=records, columns=_COLUMNS)
-                await _mark_done(conn, videos)
-            return WriteResult(len(videos), len(records), len(records), 0)
-        except asyncpg.UniqueViolationError:
-            pass
-    async with conn.transaction():
-        await conn.execute(_STAGING)
-        await conn.copy_records_to_table("segments_staging", records=records, columns=_COLUMNS)
-        written = _row_count(await conn.execute(_UPSERT))
-        deleted = _row_count(
-            await conn.execute(_DELETE_STALE, ids, [len(v.chunks) for v in videos])
-        )
-        await _mark_done(conn, videos)
-    return WriteResult(len(videos), len(records), written, deleted)
 
 
 async def _mark_done(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> None:

@@ -124,14 +124,26 @@ async def record_discovered(conn: asyncpg.Connection, videos: Sequence[Discovere
     )
 
 
-async def mark_skipped(conn: asyncpg.Connection, video_id: str, reason: str) -> None:
-    await conn.execute(
-        "UPDATE videos SET status = 'skipped', error = $2, lease_owner = NULL,"
-        " lease_expires_at = NULL, attempts = greatest(attempts - 1, 0), updated_at = now()"
-        " WHERE id = $1",
-        video_id,
-        f"skipped: {reason}",
-    )
+# Both guarded by the lease check of every state change: the writer ($3) still holds the video
+# (owner None: a caller that writes without claiming, as tests and benchmarks do).
+_SKIPPED = """
+UPDATE videos SET status = 'skipped', error = $2, lease_owner = NULL, lease_expires_at = NULL,
+    attempts = greatest(attempts - 1, 0), updated_at = now()
+WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'processing'))
+"""
+_FAILED = """
+UPDATE videos SET status = 'failed', error = $2, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'processing'))
+"""
+
+
+async def mark_skipped(
+    conn: asyncpg.Connection, video_id: str, reason: str, owner: str | None = None
+) -> bool:
+    """False when `owner` no longer holds the video: nothing is written."""
+    status: str = await conn.execute(_SKIPPED, video_id, f"skipped: {reason}", owner)
+    return status != "UPDATE 0"
 
 
 async def update_metadata(conn: asyncpg.Connection, video: DiscoveredVideo) -> None:
@@ -150,13 +162,12 @@ async def update_metadata(conn: asyncpg.Connection, video: DiscoveredVideo) -> N
     )
 
 
-async def mark_failed(conn: asyncpg.Connection, video_id: str, error: str) -> None:
-    await conn.execute(
-        "UPDATE videos SET status = 'failed', error = $2, lease_owner = NULL,"
-        " lease_expires_at = NULL, updated_at = now() WHERE id = $1",
-        video_id,
-        error,
-    )
+async def mark_failed(
+    conn: asyncpg.Connection, video_id: str, error: str, owner: str | None = None
+) -> bool:
+    """False when `owner` no longer holds the video: nothing is written."""
+    status: str = await conn.execute(_FAILED, video_id, error, owner)
+    return status != "UPDATE 0"
 
 
 async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:

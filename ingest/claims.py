@@ -158,10 +158,15 @@ class Claims:
             cursor.next_source()
         return None
 
-    async def renew_forever(self) -> None:
+    async def renew_forever(self, in_flight: Collection[str]) -> None:
+        """Every third of the lease, extends the leases of the videos `in_flight` (a live view
+        of what this process works on), and no other."""
         while True:
             await asyncio.sleep(self.rules.ttl_s / 3)
-            await self.db.run(lambda conn: leases.renew(conn, self.owner, self.rules.ttl_s))
+            renew = functools.partial(
+                leases.renew, owner=self.owner, ttl_s=self.rules.ttl_s, in_flight=list(in_flight)
+            )
+            await self.db.run(renew)
 
     async def hand_back_all(self) -> int:
         count = await self.db.run(lambda conn: leases.hand_back(conn, self.owner))

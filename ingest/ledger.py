@@ -27,6 +27,7 @@ class RunCounters:
     audio_seconds: float = 0.0
     chunks: int = 0
     planned_audio_s: float = 0.0  # the audio of the videos to do, as their listings state it
+    lost: int = 0  # results dropped because another replica had taken the video over
 
     @property
     def finished(self) -> int:
@@ -51,11 +52,16 @@ def describe_error(exc: BaseException) -> str:
 
 
 class Ledger:
+    """Every outcome is written only while this process still holds the video's lease (`owner`;
+    None for callers that write without claiming): a result for a video another replica has
+    taken over is dropped, logged (`lease_lost`) and counted."""
+
     def __init__(
-        self, db: Database, total: int, metrics: Metrics | None = None, owner: str = ""
+        self, db: Database, total: int, metrics: Metrics | None = None, owner: str | None = None
     ) -> None:
         self.db = db
         self.owner = owner
+        self.in_flight: set[str] = set()  # claimed and not yet finished: the leases to renew
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
         self.failures: list[tuple[str, str]] = []  # (video id, error), in order of failure
@@ -69,29 +75,49 @@ class Ledger:
     def eta_s(self) -> float | None:
         return self.counters.eta_s(time.monotonic() - self.started)
 
+    def lease_lost(self, video_id: str, outcome: str) -> None:
+        log.warning("lease_lost", video_id=video_id, outcome=outcome)
+        self.metrics.leases_lost.labels(outcome).inc()
+        self.counters.lost += 1
+
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
+        self.in_flight.discard(job.video_id)
+        owner = self.owner
+        if not await self.db.run(lambda c: videos.mark_failed(c, job.video_id, error, owner)):
+            self.lease_lost(job.video_id, "failed")
+            return
         log.error("video_failed", video_id=job.video_id, stage=stage, error=error)
         self.metrics.items.labels(stage, "failed").inc()
         self.metrics.failures.labels(stage, error_kind(exc)).inc()
-        await self.db.run(lambda conn: videos.mark_failed(conn, job.video_id, error))
         self.counters.failed += 1
         self.failures.append((job.video_id, error))
 
     async def skipped(self, job: VideoJob, reason: str) -> None:
+        self.in_flight.discard(job.video_id)
+        owner = self.owner
+        if not await self.db.run(lambda c: videos.mark_skipped(c, job.video_id, reason, owner)):
+            self.lease_lost(job.video_id, "skipped")
+            return
         log.info("video_skipped", video_id=job.video_id, reason=reason)
-        await self.db.run(lambda conn: videos.mark_skipped(conn, job.video_id, reason))
         self.counters.skipped += 1
 
     async def handed_back(self, job: VideoJob) -> None:
-        """The run is stopping before this video could be done: someone else may take it."""
-        log.info("video_handed_back", video_id=job.video_id)
-        await self.db.run(lambda conn: leases.hand_back(conn, self.owner, job.video_id))
-        self.counters.handed_back += 1
+        """The run is stopping before this video could be done, or its site waits for the
+        user: someone else may take it."""
+        self.in_flight.discard(job.video_id)
         self.returned.add(job.video_id)
+        if self.owner is not None:
+            owner = self.owner
+            if not await self.db.run(lambda c: leases.hand_back(c, owner, job.video_id)):
+                self.lease_lost(job.video_id, "handed_back")
+                return
+        log.info("video_handed_back", video_id=job.video_id)
+        self.counters.handed_back += 1
 
     def done(self, finished: Sequence[TranscribedVideo]) -> None:
         for video in finished:
+            self.in_flight.discard(video.job.video_id)
             log.info(
                 "video_done",
                 video_id=video.job.video_id,

@@ -73,6 +73,10 @@ class Metrics:
         self.gpu_memory_total = Gauge(
             "ingest_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=r
         )
+        self.leases_lost = Counter(
+            "ingest_leases_lost", "Results dropped: another replica had taken the video over.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.throttle_paused = Gauge(
             "ingest_throttle_paused", "Whether requests to a site are paused (throttled, or "
             "waiting for the user).", ["site"], registry=r,

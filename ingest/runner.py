@@ -24,6 +24,14 @@ from ingest.throttle import Governor
 
 log = structlog.get_logger()
 
+
+async def _tracked(feed: AsyncIterator[VideoJob], ledger: Ledger) -> AsyncIterator[VideoJob]:
+    """Claimed videos are in flight (their leases renewed) until the ledger records an end."""
+    async for job in feed:
+        ledger.in_flight.add(job.video_id)
+        yield job
+
+
 Display = Callable[[Ledger, Pipeline], AbstractContextManager[object]]
 
 
@@ -70,8 +78,8 @@ async def run_jobs(
     try:
         with display(ledger, pipeline) if display else nullcontext():
             async with asyncio.TaskGroup() as tg:
-                renewal = tg.create_task(claims.renew_forever())
-                await session.shutdown.run(pipeline.run(feed))
+                renewal = tg.create_task(claims.renew_forever(ledger.in_flight))
+                await session.shutdown.run(pipeline.run(_tracked(feed, ledger)))
                 renewal.cancel()
     finally:
         await claims.hand_back_all()

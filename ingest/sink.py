@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import asyncpg
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from db.sink import ChunkRow, FinishedVideo, SpeakerPath, write_finished
+from db.sink import ChunkRow, FinishedVideo, SpeakerPath, WriteResult, write_finished
 from ingest.embed import EmbeddedBatch
 from ingest.ledger import Ledger
 from ingest.messages import EmbeddedVideo
@@ -37,7 +38,7 @@ async def _write(batch: EmbeddedBatch, db: Database, embedding_model: str, ledge
     started = time.perf_counter()
     try:
         with metrics.in_flight.labels("store").track_inprogress():
-            result = await db.run(lambda conn: write_finished(conn, finished))
+            result = await db.run(lambda conn: write_finished(conn, finished, ledger.owner))
     except asyncpg.DataError:
         # Some video's content was refused: write them one by one so only that one fails.
         for video in batch:
@@ -48,7 +49,15 @@ async def _write(batch: EmbeddedBatch, db: Database, embedding_model: str, ledge
     metrics.flush_rows.inc(result.chunks)
     metrics.chunks.inc(result.chunks)
     metrics.items.labels("store", "ok").inc(result.videos)
-    ledger.done([video.video for video in batch])
+    _record(batch, result, ledger)
+
+
+def _record(batch: Sequence[EmbeddedVideo], result: WriteResult, ledger: Ledger) -> None:
+    lost = set(result.lost)
+    for video_id in lost:
+        ledger.in_flight.discard(video_id)
+        ledger.lease_lost(video_id, "done")
+    ledger.done([video.video for video in batch if video.video.job.video_id not in lost])
 
 
 async def _write_alone(
@@ -56,13 +65,13 @@ async def _write_alone(
 ) -> None:
     finished = [_finished(video, embedding_model)]
     try:
-        result = await db.run(lambda conn: write_finished(conn, finished))
+        result = await db.run(lambda conn: write_finished(conn, finished, ledger.owner))
     except asyncpg.DataError as exc:
         await ledger.failed(video.video.job, "store", exc)
         return
     ledger.metrics.chunks.inc(result.chunks)
-    ledger.metrics.items.labels("store", "ok").inc()
-    ledger.done([video.video])
+    ledger.metrics.items.labels("store", "ok").inc(result.videos)
+    _record([video], result, ledger)
 
 
 def _finished(video: EmbeddedVideo, embedding_model: str) -> FinishedVideo:

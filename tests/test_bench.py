@@ -19,13 +19,14 @@ def test_the_benchmarks_run_and_report_every_figure(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
     benches = {f["bench"] for f in figures}
-    assert benches == {"pipeline", "memory", "sink", "downloads", "models", "gpu"}
+    assert benches == {"pipeline", "memory", "sink", "claims", "downloads", "models", "gpu"}
     for figure in figures:
         assert figure["value"] is not None and figure["value"] > 0, figure
         if figure["target"] is not None:
             assert figure["met"] in (True, False)
     assert len([f for f in figures if f["bench"] == "pipeline"]) == 3
     assert len([f for f in figures if f["bench"] == "sink"]) == 6
+    assert len([f for f in figures if f["bench"] == "claims"]) == 4
     end_to_end = [f for f in figures if f["bench"] == "gpu" and "hours" in f["name"]]
     assert [f["name"] for f in end_to_end] == [
         "audio hours per hour, MiniLM embeddings",

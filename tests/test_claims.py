@@ -1,5 +1,5 @@
-"""Claiming along the stored listings: order, limit, a video in two sources, what this run
-handed back, and videos whose lease expired behind the walk."""
+"""Claiming along the stored listings (order, limit, a video in two sources, what this run
+handed back, leases that expired behind the walk), and leases that cannot be stolen back."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ import asyncpg
 import pytest
 
 from db import leases
+from db.corpus import ensure_embedding_model
 from db.leases import ClaimRules, record_listing
+from db.sink import write_finished
 from db.videos import DiscoveredVideo, record_discovered
 from ingest.claims import Claims
+from ingest.ledger import Ledger
+from ingest.messages import VideoJob
 from ingest.retry import Database
+from tests.test_sink import DIM, finished
 
 pytestmark = pytest.mark.anyio
 
@@ -89,3 +94,49 @@ async def test_a_lease_that_expires_behind_the_walk_is_taken_at_the_end(
     async with pool.acquire() as conn:
         await leases.expire(conn, ["host:1:dead"])
     assert [job.video_id async for job in walk] == ["c", "a"]
+
+
+async def test_a_replica_whose_lease_was_taken_over_writes_nothing(pool: asyncpg.Pool) -> None:
+    await listed(pool, "s1", ["a", "b", "c", "d", "e"])
+    async with pool.acquire() as conn:
+        await ensure_embedding_model(conn, "emb", DIM)
+    old = Claims(Database(pool), "host:1:old", ClaimRules())
+    assert await claim_all(old, ["s1"]) == ["a", "b", "c", "d", "e"]
+    async with pool.acquire() as conn:
+        await leases.expire(conn, ["host:1:old"])  # it stalled past its lease...
+    new = Claims(Database(pool), "host:2:new", ClaimRules())
+    assert await claim_all(new, ["s1"], limit=4) == ["a", "b", "c", "d"]  # ...and was taken over
+
+    ledger = Ledger(Database(pool), 5, owner="host:1:old")
+    await ledger.failed(VideoJob("a", "x"), "download", RuntimeError("boom"))
+    await ledger.skipped(VideoJob("b", "x"), "live stream")
+    await ledger.handed_back(VideoJob("c", "x"))
+    async with pool.acquire() as conn:
+        stale = await write_finished(conn, [finished("d", ["late"]), finished("e", ["mine"])],
+                                     "host:1:old")  # fmt: skip
+    assert (stale.videos, stale.lost) == (1, ("d",))  # "e" it still holds
+    assert ledger.counters.lost == 3 and ledger.counters.failed == ledger.counters.skipped == 0
+
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, status, lease_owner FROM videos ORDER BY id")
+        assert [tuple(r) for r in rows] == [
+            *((v, "processing", "host:2:new") for v in "abcd"),
+            ("e", "done", None),
+        ]
+        assert await conn.fetchval("SELECT count(*) FROM segments WHERE video_id = 'd'") == 0
+        fresh = await write_finished(conn, [finished("d", ["on time"])], "host:2:new")
+    assert (fresh.videos, fresh.lost) == (1, ())
+
+
+async def test_renewal_extends_only_the_videos_in_flight(pool: asyncpg.Pool) -> None:
+    await listed(pool, "s1", ["a", "b", "c"])
+    claims = Claims(Database(pool), "host:1:x", ClaimRules(ttl_s=60))
+    assert await claim_all(claims, ["s1"]) == ["a", "b", "c"]
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE videos SET lease_expires_at = now()")
+        assert await leases.renew(conn, "host:1:x", 60, ["b"]) == 1
+        assert await leases.renew(conn, "host:2:other", 60, ["a", "c"]) == 0
+        renewed = await conn.fetch(
+            "SELECT id FROM videos WHERE lease_expires_at > now() + interval '30 seconds'"
+        )
+    assert [r["id"] for r in renewed] == ["b"]
