@@ -66,10 +66,11 @@ def test_a_throttling_server_pauses_every_download_and_fails_none(
     videos = asyncio.run(statuses(database_url))
     assert set(videos.values()) == {("done", 1)}  # no attempt spent on the throttling
     assert elapsed >= 8.0
-    # The requests already on their way when the first 429 came, and one probe if it was early;
-    # not eight downloaders knocking for eight seconds.
-    assert len(throttler.during) <= 9, throttler.during
-    assert all(t < 1.0 for t in throttler.during[:-1]), throttler.during
+    # Only the downloads already under way when the first 429 came (each is at most two
+    # requests: the extraction's and the media's; yt-dlp does not retry a 4xx itself), all at
+    # the start of the window: not eight downloaders knocking for eight seconds.
+    assert len(throttler.during) <= 2 * 8, throttler.during
+    assert max(throttler.during) < 4.0, throttler.during
 
 
 def cloudflare_challenge(path: str) -> tuple[int, dict[str, str]] | None:
