@@ -177,9 +177,10 @@ async def discover(sources: Sequence[str], run: Session) -> tuple[list[str], lis
         if isinstance(result, SourceFailure):
             failures.append(result)
             continue
-        await record(run.db, source_key(source), result)
+        key = source_key(source)
+        await record(run.db, key, result)
         log.info("source_listed", source=source, videos=len(result))
-        listed.append(source_key(source))
+        listed.append(key)
     return listed, failures
 
 

@@ -13,7 +13,6 @@ through the log's secret masking, so a password in a database URL is never print
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import importlib.metadata
 import importlib.util
@@ -39,8 +38,10 @@ from db.migrate import discover
 from ingest.config import Settings, cuda_device_count
 from ingest.database import DatabaseUnavailable, resolve_dsn
 from ingest.endpoints import parse_addr
+from ingest.gpu import GpuSampler
 from ingest.ledger import describe_error
 from ingest.logging import redact_secrets
+from ingest.metrics import Metrics
 from ingest.models import (
     DiarizerChoice,
     ModelLoadError,
@@ -439,20 +440,15 @@ def check_device(settings: Settings) -> Check:
 
 def gpu_names() -> str:
     """The GPUs NVML sees, or why it sees none; NVML is optional, so this never fails."""
+    sampler = GpuSampler(Metrics())
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as exc:  # no library or no driver: a machine without an NVIDIA GPU
-        return f"NVML not available: {describe_error(exc)}"
-    try:
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        return ", ".join(str(pynvml.nvmlDeviceGetName(h)) for h in handles) or "NVML sees no GPU"
+        if sampler.unavailable is not None:
+            return f"NVML not available: {sampler.unavailable}"
+        return ", ".join(sampler.names()) or "NVML sees no GPU"
     except Exception as exc:
         return f"NVML failed: {describe_error(exc)}"
     finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
+        sampler.close()
 
 
 @dataclass(frozen=True, slots=True)

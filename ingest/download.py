@@ -22,7 +22,7 @@ from ingest.errors import classify, site_of
 from ingest.ledger import Ledger
 from ingest.messages import AudioFile, Captions, VideoJob
 from ingest.retry import RetryPolicy, retry_transient
-from ingest.sources import published_at
+from ingest.sources import describe
 from ingest.throttle import Governor, SiteBlocked, ThrottleStopped, governed
 from workers.audio import too_long
 from workers.captions import CaptionError, caption_file_for, parse_captions, read_caption_file
@@ -183,9 +183,7 @@ async def _not_downloaded(
 ) -> None:
     if downloader.cancelled:
         await ledger.handed_back(job)
-    elif isinstance(exc, NotYetAvailable):
-        await ledger.skipped(job, str(exc))
-    elif (failure := classify(exc)).kind == "not_yet":  # yt-dlp's own word for a premiere
+    elif (failure := classify(exc)).kind == "not_yet":  # ours, or yt-dlp's word for a premiere
         await ledger.skipped(job, failure.reason)
     else:
         await ledger.failed(job, "download", exc)
@@ -204,15 +202,7 @@ def _track(by_language: Mapping[str, Any], language: str) -> Mapping[str, Any] |
 
 def metadata(info: Mapping[str, Any], job: VideoJob) -> DiscoveredVideo:
     """What the full extraction knows of a video that a flat listing may not have had."""
-    return DiscoveredVideo(
-        id=job.video_id,
-        url=job.url,
-        title=info.get("title"),
-        channel=info.get("channel") or info.get("uploader"),
-        extractor=info.get("extractor_key"),
-        published_at=published_at(info),
-        duration_s=info.get("duration"),
-    )
+    return describe(info, job.video_id, job.url, info.get("extractor_key"))
 
 
 def remove_partial_files(directory: Path, stem: str) -> None:
@@ -294,8 +284,9 @@ async def _fetch(
         return await retry_transient(downloader.options.retry, "download", attempt)
 
     try:
-        await governor.pace(site_of(job.url))
-        fetched = await governed(governor, site_of(job.url), tries)
+        site = site_of(job.url)
+        await governor.pace(site)
+        fetched = await governed(governor, site, tries)
     except (SiteBlocked, ThrottleStopped):  # the video stays to do, its attempt not spent
         await ledger.handed_back(job)
         return None

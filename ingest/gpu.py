@@ -27,6 +27,7 @@ class GpuSampler:
         self.metrics = metrics
         self._nvml: Any = None
         self._handles: list[Any] = []
+        self.unavailable: str | None = None  # why NVML sees no GPU, when it does not
         try:
             import pynvml
 
@@ -37,6 +38,7 @@ class GpuSampler:
             ]
         except Exception as exc:  # no driver, no library, no device: a CPU machine
             log.debug("nvml_unavailable", error=str(exc))
+            self.unavailable = str(exc) or type(exc).__name__
         metrics.gpu_available.set(1 if self._handles else 0)
 
     def read(self) -> list[GpuReading]:
@@ -47,6 +49,9 @@ class GpuSampler:
             memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
             readings.append(GpuReading(rates.gpu / 100, memory.used, memory.total))
         return readings
+
+    def names(self) -> list[str]:
+        return [str(self._nvml.nvmlDeviceGetName(handle)) for handle in self._handles]
 
     def sample(self) -> None:
         for index, reading in enumerate(self.read()):

@@ -152,7 +152,15 @@ def _remote_video(info: Mapping[str, Any], fallback_url: str) -> ListedVideo:
         video_id, url = raw_id, f"https://www.youtube.com/watch?v={raw_id}"
     else:
         video_id = f"{extractor.lower()}:{raw_id or hashlib.sha256(url.encode()).hexdigest()[:16]}"
-    record = DiscoveredVideo(
+    record = describe(info, video_id, url, extractor)
+    return ListedVideo(record, VideoJob(record.id, url, record.title))
+
+
+def describe(
+    info: Mapping[str, Any], video_id: str, url: str, extractor: str | None
+) -> DiscoveredVideo:
+    """A video's record from what yt-dlp says of it, in a listing or a full extraction."""
+    return DiscoveredVideo(
         id=video_id,
         url=url,
         title=info.get("title"),
@@ -162,7 +170,6 @@ def _remote_video(info: Mapping[str, Any], fallback_url: str) -> ListedVideo:
         duration_s=info.get("duration"),
         live_status=info.get("live_status"),
     )
-    return ListedVideo(record, VideoJob(record.id, url, record.title))
 
 
 def published_at(info: Mapping[str, Any]) -> datetime | None:

@@ -108,6 +108,12 @@ class Governor:
             self._paces[site] = limiter
         await limiter.acquire()
 
+    def _state(self, site: str) -> _Site:
+        state = self._sites.get(site)
+        if state is None:
+            state = self._sites[site] = _Site()
+        return state
+
     def stop(self) -> None:
         """Requests waiting for a pause raise ThrottleStopped: the run hands their videos back."""
         self._stopped = True
@@ -118,7 +124,7 @@ class Governor:
         """Returns when a request to `site` may go: at once unless the site is paused; after a
         pause, one caller goes first (the probe: True is returned) and the others wait for its
         outcome."""
-        state = self._sites.setdefault(site, _Site())
+        state = self._state(site)
         while True:
             if self._stopped:
                 raise ThrottleStopped(site)
@@ -134,7 +140,7 @@ class Governor:
 
     def probe_abandoned(self, site: str) -> None:
         """The probe ended without an answer (cancelled): the next request probes instead."""
-        state = self._sites.setdefault(site, _Site())
+        state = self._state(site)
         state.probing = False
         state.wake()
 
@@ -147,7 +153,7 @@ class Governor:
     def throttled(self, site: str, failure: Failure) -> float:
         """Pauses `site`; returns the pause in seconds. Calls from requests that were already in
         flight when the pause began do not lengthen it."""
-        state = self._sites.setdefault(site, _Site())
+        state = self._state(site)
         if state.paused_at is not None and not state.probing:
             return max(0.0, state.until - self.clock())
         pause = self._pause_s(state.streak, failure.retry_after_s)
@@ -172,7 +178,7 @@ class Governor:
     def answered(self, site: str) -> bool:
         """A request to `site` went through (or failed for another reason): the site is open.
         True when this ended a pause."""
-        state = self._sites.setdefault(site, _Site())
+        state = self._state(site)
         state.streak = 0
         if state.paused_at is None:
             return False
@@ -185,7 +191,7 @@ class Governor:
         return True
 
     def block(self, site: str, failure: Failure) -> None:
-        state = self._sites.setdefault(site, _Site())
+        state = self._state(site)
         if state.blocked is None:
             log.error("site_needs_user", site=site, reason=failure.reason, fix=failure.fix)
             self.metrics.throttle_paused.labels(site).set(1)
@@ -197,7 +203,7 @@ class Governor:
         return [self.site_status(site) for site, s in self._sites.items() if s.pauses or s.blocked]
 
     def site_status(self, site: str) -> SiteStatus:
-        s = self._sites.setdefault(site, _Site())
+        s = self._state(site)
         return SiteStatus(
             site,
             paused=s.paused_at is not None or s.blocked is not None,

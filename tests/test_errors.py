@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import email.utils
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.client import RemoteDisconnected
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from typing import Any
 
@@ -38,6 +36,7 @@ from ingest.errors import (
     parse_retry_after,
     site_of,
 )
+from tests.feeds import serve
 
 # extractor/youtube/_base.py `_youtube_login_hint`, built on extractor/common.py `_login_hint`
 # ('cookies'): appended by extractor/youtube/_video.py to every reason that says "sign in".
@@ -366,32 +365,16 @@ def test_parse_retry_after() -> None:
         assert parse_retry_after(nonsense) is None
 
 
-class _StatusHandler(BaseHTTPRequestHandler):
+def _status_of(path: str) -> tuple[int, dict[str, str]]:
     """`/<status>/...` answers that status, a 429 with Retry-After: 7."""
-
-    def do_GET(self) -> None:
-        status = int(self.path.split("/")[1])
-        self.send_response(status)
-        if status == 429:
-            self.send_header("Retry-After", "7")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    status = int(path.split("/")[1])
+    return status, {"Retry-After": "7"} if status == 429 else {}
 
 
 @pytest.fixture(scope="module")
-def status_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def status_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("status"), gate=_status_of) as base_url:
+        yield base_url
 
 
 @pytest.mark.parametrize(
