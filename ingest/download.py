@@ -23,7 +23,7 @@ from ingest.ledger import Ledger
 from ingest.messages import AudioFile, Captions, VideoJob
 from ingest.retry import RetryPolicy, retry_transient
 from ingest.sources import describe
-from ingest.throttle import Governor, SiteBlocked, ThrottleStopped, governed
+from ingest.throttle import Governor, SiteBlocked, SitePaused, ThrottleStopped, governed
 from workers.audio import too_long
 from workers.captions import CaptionError, caption_file_for, parse_captions, read_caption_file
 
@@ -286,7 +286,10 @@ async def _fetch(
     try:
         site = site_of(job.url)
         await governor.pace(site)
-        fetched = await governed(governor, site, tries)
+        fetched = await governed(governor, site, tries, hand_back=True)
+    except SitePaused:  # claimed again once the site reopens, its attempt not spent
+        await ledger.handed_back(job, again=True)
+        return None
     except (SiteBlocked, ThrottleStopped):  # the video stays to do, its attempt not spent
         await ledger.handed_back(job)
         return None

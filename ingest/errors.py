@@ -3,9 +3,9 @@
 - permanent: the video can never be ingested as it is (private, members-only, removed, copyright,
   geo-restricted, not a supported URL, no audio, corrupt media, too long, HTTP 404/410). Only this
   kind fails a video, at once and without retries.
-- needs_user: the site wants something only the user can give: a sign-in or age check (cookies),
-  fresh cookies, a JavaScript runtime, a PO token. The site is paused for the rest of the run and
-  `fix` says what to configure; the video stays to do.
+- needs_user: the site wants something only the user can give: a sign-in or age check (cookies,
+  or credentials for an HTTP 401), fresh cookies, a JavaScript runtime, a PO token. The site is
+  paused for the rest of the run and `fix` says what to configure; the video stays to do.
 - throttled: the site says "slow down" (HTTP 429, the bot check, "try again later"). The whole
   site pauses for `retry_after_s` (the server's Retry-After) or else a backoff; the video waits
   and is tried again without spending one of its attempts.
@@ -49,6 +49,7 @@ POT_FIX = (
 # YouTube hides its formats from a client that cannot solve its JavaScript challenges, or that
 # lacks a PO token; the runtime is the usual cause, so it comes first.
 FORMATS_FIX = f"{JS_RUNTIME_FIX}; if formats are still missing, {POT_FIX}"
+LOGIN_FIX = f"{COOKIES_FIX}; or put the account in ~/.netrc and set INGEST_YTDLP_ARGS=--netrc"
 IMPERSONATE_FIX = (
     'pip install "yt-dlp[default,curl-cffi]" and set '
     "INGEST_YTDLP_EXTRACTOR_ARGS='generic:impersonate'"
@@ -136,7 +137,7 @@ _NETWORK_TEXT = (
     "unable to continue", "eof occurred",
 )  # fmt: skip
 _HTTP_STATUS = re.compile(r"http error (\d{3})")
-_HTTP_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not found", 410: "gone"}
+_HTTP_REASONS = {403: "forbidden", 404: "not found", 410: "gone"}
 
 
 def classify(exc: BaseException) -> Failure:
@@ -224,6 +225,8 @@ def _by_status(chain: Sequence[BaseException], text: str) -> Failure | None:
         return Failure("throttled", "HTTP 429 Too Many Requests")
     if status == 403 and _on_youtube(chain, text):
         return Failure("transient", "HTTP 403 from YouTube (an expired media URL)")
+    if status == 401:  # the server asks who we are: only the user's credentials change that
+        return Failure("needs_user", "HTTP 401: the server wants a signed-in user", LOGIN_FIX)
     if status == 408 or status >= 500:
         return Failure("transient", f"HTTP {status}: server error")
     if status >= 400:

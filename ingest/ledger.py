@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,15 +59,24 @@ class Ledger:
     taken over is dropped, logged (`lease_lost`) and counted."""
 
     def __init__(
-        self, db: Database, total: int, metrics: Metrics | None = None, owner: str | None = None
+        self,
+        db: Database,
+        total: int,
+        metrics: Metrics | None = None,
+        owner: str | None = None,
+        keep_failures: int | None = None,
     ) -> None:
         self.db = db
         self.owner = owner
         self.in_flight: set[str] = set()  # claimed and not yet finished: the leases to renew
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
-        self.failures: list[tuple[str, str]] = []  # (video id, error), in order of failure
+        # (video id, error), in order of failure; a daemon keeps the latest only: it runs for
+        # months, and the database has them all.
+        self.failures: deque[tuple[str, str]] = deque(maxlen=keep_failures)
         self.returned: set[str] = set()  # videos handed back, not to be claimed again this run
+        self._came_back = 0  # videos handed back to be claimed again, since the last `settle`
+        self._landed = asyncio.Event()  # a video left flight
         self.started = time.monotonic()
 
     def start_clock(self) -> None:
@@ -82,7 +93,7 @@ class Ledger:
 
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
-        self.in_flight.discard(job.video_id)
+        self.ended(job.video_id)
         owner = self.owner
         if not await self.db.run(lambda c: videos.mark_failed(c, job.video_id, error, owner)):
             self.lease_lost(job.video_id, "failed")
@@ -94,7 +105,7 @@ class Ledger:
         self.failures.append((job.video_id, error))
 
     async def skipped(self, job: VideoJob, reason: str) -> None:
-        self.in_flight.discard(job.video_id)
+        self.ended(job.video_id)
         owner = self.owner
         if not await self.db.run(lambda c: videos.mark_skipped(c, job.video_id, reason, owner)):
             self.lease_lost(job.video_id, "skipped")
@@ -102,22 +113,47 @@ class Ledger:
         log.info("video_skipped", video_id=job.video_id, reason=reason)
         self.counters.skipped += 1
 
-    async def handed_back(self, job: VideoJob) -> None:
+    async def handed_back(self, job: VideoJob, again: bool = False) -> None:
         """The run is stopping before this video could be done, or its site waits for the
-        user: someone else may take it."""
-        self.in_flight.discard(job.video_id)
-        self.returned.add(job.video_id)
+        user: someone else may take it. `again`: its site paused, and this run claims it again
+        when the site reopens (or another replica does first)."""
+        self.ended(job.video_id)
+        if not again:
+            self.returned.add(job.video_id)
         if self.owner is not None:
             owner = self.owner
             if not await self.db.run(lambda c: leases.hand_back(c, owner, job.video_id)):
                 self.lease_lost(job.video_id, "handed_back")
                 return
-        log.info("video_handed_back", video_id=job.video_id)
-        self.counters.handed_back += 1
+        log.info("video_handed_back", video_id=job.video_id, again=again)
+        if again:
+            self._came_back += 1
+            self._landed.set()
+        else:
+            self.counters.handed_back += 1
+
+    def ended(self, video_id: str) -> None:
+        """`video_id` is no longer in flight: done, failed, skipped, handed back or lost."""
+        self.in_flight.discard(video_id)
+        self._landed.set()
+
+    async def settle(self, stop: asyncio.Event) -> int:
+        """Waits until no video of this run is in flight, or one came back to be claimed
+        again; returns how many came back since the last call."""
+        while self.in_flight and not self._came_back and not stop.is_set():
+            self._landed.clear()
+            waits = {asyncio.ensure_future(self._landed.wait()), asyncio.ensure_future(stop.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+        came_back, self._came_back = self._came_back, 0
+        return came_back
 
     def done(self, finished: Sequence[TranscribedVideo]) -> None:
         for video in finished:
-            self.in_flight.discard(video.job.video_id)
+            self.ended(video.job.video_id)
             log.info(
                 "video_done",
                 video_id=video.job.video_id,

@@ -13,6 +13,7 @@ import structlog
 from db.corpus import ensure_embedding_model
 from ingest.claims import Claims, audio_dir_of, remove_dead_audio
 from ingest.config import Settings
+from ingest.errors import site_of
 from ingest.ledger import Ledger
 from ingest.messages import VideoJob
 from ingest.models import load_models
@@ -25,10 +26,14 @@ from ingest.throttle import Governor
 log = structlog.get_logger()
 
 
-async def _tracked(feed: AsyncIterator[VideoJob], ledger: Ledger) -> AsyncIterator[VideoJob]:
-    """Claimed videos are in flight (their leases renewed) until the ledger records an end."""
+async def _tracked(
+    feed: AsyncIterator[VideoJob], ledger: Ledger, governor: Governor
+) -> AsyncIterator[VideoJob]:
+    """Claimed videos are in flight (their leases renewed) until the ledger records an end. A
+    video of a paused site waits here until the site reopens: one lease held, no request."""
     async for job in feed:
         ledger.in_flight.add(job.video_id)
+        await governor.reopened(site_of(job.url))
         yield job
 
 
@@ -79,7 +84,7 @@ async def run_jobs(
         with display(ledger, pipeline) if display else nullcontext():
             async with asyncio.TaskGroup() as tg:
                 renewal = tg.create_task(claims.renew_forever(ledger.in_flight))
-                await session.shutdown.run(pipeline.run(_tracked(feed, ledger)))
+                await session.shutdown.run(pipeline.run(_tracked(feed, ledger, session.governor)))
                 renewal.cancel()
     finally:
         await claims.hand_back_all()

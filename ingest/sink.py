@@ -55,7 +55,7 @@ async def _write(batch: EmbeddedBatch, db: Database, embedding_model: str, ledge
 def _record(batch: Sequence[EmbeddedVideo], result: WriteResult, ledger: Ledger) -> None:
     lost = set(result.lost)
     for video_id in lost:
-        ledger.in_flight.discard(video_id)
+        ledger.ended(video_id)
         ledger.lease_lost(video_id, "done")
     ledger.done([video.video for video in batch if video.video.job.video_id not in lost])
 

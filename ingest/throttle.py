@@ -4,8 +4,13 @@ Sites throttle a client, not a request: after a 429, a bot check or "try again l
 23 downloaders would only make it worse. So a throttling signal pauses the whole site (every
 download, listing and caption fetch goes through `governed`) for the server's Retry-After, or
 else an exponential backoff with jitter, capped. When the pause ends one request goes first as a
-probe; the others wait for its outcome, and resume together only if it was not throttled. A
-request caught by a pause waits and is tried again without spending one of the video's retries.
+probe; the others wait for its outcome, and resume together only if it was not throttled.
+
+A download caught by a pause (throttled, or about to start while the site is paused) gives up at
+once with `SitePaused`: its video is handed back, its attempt not spent, and claimed again when
+the site reopens. Claiming waits for the site to reopen (`reopened`) with one video in hand, so
+a pause holds one lease instead of a queue of them, and nobody knocks meanwhile. Listings and
+other requests wait out the pause in place.
 
 A site that needs the user (sign-in, cookies, a JavaScript runtime, a PO token) is blocked for the
 rest of the run: its requests raise `SiteBlocked` with what to configure, and the videos stay to
@@ -38,6 +43,14 @@ class SiteBlocked(Exception):
     def __init__(self, site: str, failure: Failure) -> None:
         super().__init__(f"{site}: {failure.reason}; {failure.fix}")
         self.site, self.failure = site, failure
+
+
+class SitePaused(Exception):
+    """A download met a pause of its site: its video goes back to be claimed again later."""
+
+    def __init__(self, site: str) -> None:
+        super().__init__(f"{site} is paused")
+        self.site = site
 
 
 class ThrottleStopped(Exception):
@@ -120,10 +133,11 @@ class Governor:
         for state in self._sites.values():
             state.wake()
 
-    async def admit(self, site: str) -> bool:
+    async def admit(self, site: str, hand_back: bool = False) -> bool:
         """Returns when a request to `site` may go: at once unless the site is paused; after a
         pause, one caller goes first (the probe: True is returned) and the others wait for its
-        outcome."""
+        outcome. With `hand_back`, a caller that meets a pause raises SitePaused instead of
+        waiting it out (the probe's outcome is still waited for: it is a matter of seconds)."""
         state = self._state(site)
         while True:
             if self._stopped:
@@ -133,10 +147,22 @@ class Governor:
             if state.paused_at is None:
                 return False
             left = state.until - self.clock()
+            if left > 0 and hand_back:
+                raise SitePaused(site)
             if left <= 0 and not state.probing:
                 state.probing = True
                 return True
             await self._wait(state, left if left > 0 else None)
+
+    async def reopened(self, site: str) -> None:
+        """Returns once `site` is not paused, or its pause is over and a probe may go; at once
+        when the run stops or the site waits for the user (the caller's next step says so)."""
+        state = self._state(site)
+        while not self._stopped and state.blocked is None and state.paused_at is not None:
+            left = state.until - self.clock()
+            if left <= 0:
+                return
+            await self._wait(state, left)
 
     def probe_abandoned(self, site: str) -> None:
         """The probe ended without an answer (cancelled): the next request probes instead."""
@@ -198,6 +224,10 @@ class Governor:
         state.blocked = failure
         state.wake()
 
+    def is_blocked(self, site: str) -> bool:
+        state = self._sites.get(site)
+        return state is not None and state.blocked is not None
+
     def status(self) -> list[SiteStatus]:
         """Sites that have been paused in this run."""
         return [self.site_status(site) for site, s in self._sites.items() if s.pauses or s.blocked]
@@ -219,12 +249,15 @@ class Governor:
             await self.publish(self.site_status(site))
 
 
-async def governed(governor: Governor, site: str, call: Callable[[], Awaitable[T]]) -> T:
+async def governed(
+    governor: Governor, site: str, call: Callable[[], Awaitable[T]], hand_back: bool = False
+) -> T:
     """`call` once the site admits it. Throttled: the site pauses and the call waits to go again,
-    as often as it takes (the pause, not an attempt count, bounds the load). Needs the user: the
-    site is blocked and SiteBlocked raised. Any other outcome means the site answered."""
+    as often as it takes (the pause, not an attempt count, bounds the load), or with `hand_back`
+    raises SitePaused. Needs the user: the site is blocked and SiteBlocked raised. Any other
+    outcome means the site answered."""
     while True:
-        probe = await governor.admit(site)
+        probe = await governor.admit(site, hand_back)
         try:
             result = await call()
         except Exception as exc:
@@ -232,6 +265,8 @@ async def governed(governor: Governor, site: str, call: Callable[[], Awaitable[T
             if failure.kind == "throttled":
                 governor.throttled(site, failure)
                 await governor.announce(site)
+                if hand_back:
+                    raise SitePaused(site) from exc
                 continue
             if failure.kind == "needs_user":
                 governor.block(site, failure)

@@ -125,3 +125,51 @@ async def test_pacing_spaces_downloads_evenly() -> None:
         await gov.pace("x.org")
     assert time.monotonic() - started >= 0.35
     await asyncio.wait_for(gov.pace("other.org"), 0.05)  # each site has its own pace
+
+
+async def test_the_progress_display_says_who_throttles_and_when_the_next_try_is() -> None:
+    from ingest.progress import site_line
+
+    now = [1000.0]
+    gov = Governor(ThrottleOptions(jitter=0.0), clock=lambda: now[0])
+    gov.throttled("youtube.com", Failure("throttled", "bot check", retry_after_s=240))
+    assert site_line(gov.site_status("youtube.com")) == (
+        " throttled by youtube.com, next try in 0:04:00"
+    )
+    now[0] += 90
+    assert site_line(gov.site_status("youtube.com")).endswith("next try in 0:02:30")
+    gov.answered("youtube.com")
+    assert site_line(gov.site_status("youtube.com")) == ""
+    gov.block("youtube.com", Failure("needs_user", "PO token required", "install a provider"))
+    assert site_line(gov.site_status("youtube.com")) == (
+        " youtube.com needs you: PO token required; install a provider"
+    )
+
+
+async def test_a_download_that_meets_a_pause_gives_up_at_once_and_claiming_waits_for_it() -> None:
+    from ingest.throttle import SitePaused
+
+    gov = governor()
+    gov.throttled("x.org", SLOW_DOWN)
+    with pytest.raises(SitePaused):
+        await gov.admit("x.org", hand_back=True)
+    started = time.monotonic()
+    await gov.reopened("x.org")
+    assert time.monotonic() - started >= 0.9  # waited out the pause (a second at least)
+    assert await gov.admit("x.org", hand_back=True)  # the pause is over: this one probes
+
+
+async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> None:
+    from ingest.throttle import SitePaused
+
+    gov = governor()
+    calls = 0
+
+    async def request() -> None:
+        nonlocal calls
+        calls += 1
+        raise TooManyRequests
+
+    with pytest.raises(SitePaused):
+        await governed(gov, "x.org", request, hand_back=True)
+    assert calls == 1 and gov.site_status("x.org").paused

@@ -54,7 +54,7 @@ def test_a_throttling_server_pauses_every_download_and_fails_none(
     site = tmp_path / "site"
     site.mkdir()
     items = fill(site, [speech.short, speech.medium], 12)
-    throttler = Throttler(after=3, window_s=8.0)
+    throttler = Throttler(after=3, window_s=60.0)
     env = {**ingest_env, "INGEST_DOWNLOAD_WORKERS": "8", "INGEST_RETRY_BACKOFF_SECONDS": "0.1"}
     with serve(site, gate=throttler) as base:
         started = time.monotonic()
@@ -65,12 +65,37 @@ def test_a_throttling_server_pauses_every_download_and_fails_none(
     assert "throttled by 127.0.0.1" in result.stdout
     videos = asyncio.run(statuses(database_url))
     assert set(videos.values()) == {("done", 1)}  # no attempt spent on the throttling
-    assert elapsed >= 8.0
+    # The downloads that met the pause handed their videos back, to be claimed again after it.
+    assert "video_handed_back" in result.stdout + result.stderr
+    assert elapsed >= 60.0
     # Only the downloads already under way when the first 429 came (each is at most two
     # requests: the extraction's and the media's; yt-dlp does not retry a 4xx itself), all at
-    # the start of the window: not eight downloaders knocking for eight seconds.
+    # the start of the window: not eight downloaders knocking for a minute.
     assert len(throttler.during) <= 2 * 8, throttler.during
     assert max(throttler.during) < 4.0, throttler.during
+
+
+def sign_in(path: str) -> tuple[int, dict[str, str]] | None:
+    """A server whose media is for signed-in users only."""
+    return (401, {"WWW-Authenticate": 'Basic realm="members"'}) if path.endswith(".wav") else None
+
+
+def test_a_server_that_asks_to_sign_in_pauses_its_videos_and_says_how(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    items = fill(site, [speech.short], 4)
+    with serve(site, gate=sign_in) as base:
+        result = ingest(ingest_env, "backfill", write_feed(site, base, items))
+    assert result.returncode == 1, result.stderr
+    assert "0 done, 0 failed of 4 videos" in result.stdout
+    (paused,) = [line for line in result.stdout.splitlines() if "paused" in line]
+    assert paused.startswith("127.0.0.1 paused, its videos left to do: HTTP 401"), paused
+    assert "INGEST_COOKIES_FILE" in paused and "--netrc" in paused
+    assert set(asyncio.run(statuses(database_url)).values()) == {("discovered", 0)}
+    status = ingest(ingest_env, "status")
+    assert "paused 127.0.0.1" in status.stdout and "signed-in user" in status.stdout
 
 
 def cloudflare_challenge(path: str) -> tuple[int, dict[str, str]] | None:
