@@ -36,6 +36,8 @@ _CLAIM_NEXT = f"""
 WITH next AS (
     SELECT v.id, l.position FROM listings l JOIN videos v ON v.id = l.video_id
     WHERE l.source = $1 AND l.position >= $6 AND NOT v.id = ANY($7::text[])
+      -- Its own expired leases (a database outage) are renewed by the owner, not claimed twice.
+      AND v.lease_owner IS DISTINCT FROM $4
       AND {_CLAIMABLE_VIDEO}
     ORDER BY l.position LIMIT 1 FOR UPDATE OF v SKIP LOCKED
 )
@@ -77,17 +79,6 @@ async def claim_next(
         list(excluded),
     )
     return None if row is None else Claimed(**dict(row))
-
-
-async def record_listing(conn: asyncpg.Connection, source: str, ids: Sequence[str]) -> None:
-    """`source`'s listing, in its order, replacing the previous one: one COPY, however long."""
-    async with conn.transaction():
-        await conn.execute("DELETE FROM listings WHERE source = $1", source)
-        await conn.copy_records_to_table(
-            "listings",
-            records=[(source, position, video_id) for position, video_id in enumerate(ids)],
-            columns=["source", "position", "video_id"],
-        )
 
 
 _COUNT_CLAIMABLE = f"""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -12,31 +11,24 @@ from datetime import datetime
 
 import structlog
 
-from db import sites, videos
-from db.corpus import ensure_search_index
-from db.leases import Claimable, ClaimRules, record_listing
+from db import sites
+from db.leases import Claimable, ClaimRules
 from db.sites import SitePause
 from ingest.claims import Claims, new_owner
 from ingest.config import Settings
 from ingest.database import open_database
+from ingest.discovery import ListingPlan, SourceFailure, discover
 from ingest.errors import site_of
-from ingest.ledger import Ledger, describe_error
+from ingest.ledger import Ledger
 from ingest.metrics import Metrics
 from ingest.observe import observed
 from ingest.retry import Database
 from ingest.runner import Display, Session, run_jobs
+from ingest.search import search_upkeep
 from ingest.shutdown import Shutdown
-from ingest.sources import ListedVideo, SourceError, list_source, source_key
-from ingest.throttle import Governor, SiteBlocked, SiteStatus, ThrottleOptions, governed
-from ingest.ytdlp_options import ytdlp_params
+from ingest.throttle import Governor, SiteStatus, ThrottleOptions
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFailure:
-    source: str
-    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +119,20 @@ async def backfill(
         )
 
     async with session(settings, rules, shutdown) as (run, metrics):
-        listed, source_failures = await discover(sources, run)
+        listed, source_failures = await discover(sources, run, ListingPlan(want=limit))
         todo = await run.claims.count(listed)
         total = min(todo.videos, limit or todo.videos)
         ledger = Ledger(run.db, total, metrics, run.claims.owner)
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
         if total:
-            feed = run.claims.jobs(listed, shutdown.requested, limit, ledger.returned)
+            settle = functools.partial(ledger.settle, shutdown.requested)
+            feed = run.claims.jobs(
+                listed, shutdown.requested, limit, ledger.returned, closed(run.governor), settle
+            )
             await run_jobs(run, ledger, feed, display)
         if not shutdown.requested.is_set():
-            await run.db.run(ensure_search_index)
+            await run.db.run(search_upkeep(settings))
     c = ledger.counters
     return BackfillResult(
         total=c.total,
@@ -166,42 +161,6 @@ def announce(todo: Claimable, total: int) -> None:
     )
 
 
-async def discover(sources: Sequence[str], run: Session) -> tuple[list[str], list[SourceFailure]]:
-    """Lists every source (concurrently, each as its site's governor admits) and records its
-    videos and its listing; returns the keys of the listings recorded, in the sources' order,
-    and the sources that failed."""
-    results = await asyncio.gather(*(_list(source, run) for source in sources))
-    listed: list[str] = []
-    failures: list[SourceFailure] = []
-    for source, result in zip(sources, results, strict=True):
-        if isinstance(result, SourceFailure):
-            failures.append(result)
-            continue
-        key = source_key(source)
-        await record(run.db, key, result)
-        log.info("source_listed", source=source, videos=len(result))
-        listed.append(key)
-    return listed, failures
-
-
-async def record(db: Database, source: str, listing: Sequence[ListedVideo]) -> None:
-    records = [video.record for video in listing]
-    ids = [record.id for record in records]
-    await db.run(lambda conn: videos.record_discovered(conn, records))
-    await db.run(lambda conn: record_listing(conn, source, ids))
-
-
-async def _list(source: str, run: Session) -> list[ListedVideo] | SourceFailure:
-    timeout, ytdlp = run.settings.download_socket_timeout, ytdlp_params(run.settings)
-
-    async def listing() -> list[ListedVideo]:
-        return await asyncio.to_thread(list_source, source, socket_timeout=timeout, ytdlp=ytdlp)
-
-    try:
-        return await governed(run.governor, site_of(source), listing)
-    except (SourceError, SiteBlocked) as exc:
-        log.error("source_failed", source=source, error=str(exc))
-        return SourceFailure(source, str(exc))
-    except Exception as exc:  # one bad source never stops the others
-        log.error("source_failed", source=source, error=describe_error(exc))
-        return SourceFailure(source, f"{source}: {describe_error(exc)}")
+def closed(governor: Governor) -> Callable[[str], bool]:
+    """Whether a source's site waits for the user, so that its videos are not claimed."""
+    return lambda source: governor.is_blocked(site_of(source))

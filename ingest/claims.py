@@ -9,7 +9,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ import structlog
 
 from db import leases
 from db.leases import ClaimRules
+from db.listings import FIRST_POSITION
 from ingest.messages import VideoJob
 from ingest.retry import Database
 
@@ -71,7 +72,7 @@ class _Cursor:
 
     sources: list[str]
     index: int = 0
-    position: int = 0
+    position: int = FIRST_POSITION
     fresh: bool = True  # this walk began at the start and has found nothing yet
 
     @property
@@ -82,10 +83,10 @@ class _Cursor:
         self.position, self.fresh = position + 1, False
 
     def next_source(self) -> None:
-        self.index, self.position = self.index + 1, 0
+        self.index, self.position = self.index + 1, FIRST_POSITION
 
     def restart(self) -> None:
-        self.index, self.position, self.fresh = 0, 0, True
+        self.index, self.position, self.fresh = 0, FIRST_POSITION, True
 
 
 def job_of(video: leases.Claimed) -> VideoJob:
@@ -120,29 +121,47 @@ class Claims:
         stop: asyncio.Event,
         limit: int | None = None,
         returned: Collection[str] = (),
+        closed: Callable[[str], bool] = lambda _source: False,
+        settle: Callable[[], Awaitable[int]] | None = None,
     ) -> AsyncIterator[VideoJob]:
         """Claims the videos of the sources' recorded listings one at a time, in listing order
         (source after source), until none is left, `limit` is reached, or `stop` is set.
         Claiming lazily leaves the rest to other replicas. Videos this run handed back
-        (`returned`, which grows as it goes: a site that needs the user) are left alone.
+        (`returned`) are left alone, and so are sources that are `closed` (their site waits
+        for the user): claiming their videos only to hand them back would make `returned` grow
+        with the channel.
 
         A cursor walks the listings, so each claim costs an index lookup whatever their length.
         At the end the walk starts over once, for videos whose lease expired or that another
-        claim held meanwhile; a walk from the start that finds nothing ends it."""
+        claim held meanwhile; a walk from the start that finds nothing ends it, unless `settle`
+        (which waits for the videos still in flight) says some came back to be claimed again:
+        they count against `limit` once."""
         cursor = _Cursor(list(sources))
         claimed = 0
-        while not stop.is_set() and (limit is None or claimed < limit):
-            video = await self._claim_at(cursor, returned)
+        while not stop.is_set():
+            video = None
+            if limit is None or claimed < limit:
+                video = await self._claim_at(cursor, returned, closed)
             if video is None:
-                if cursor.fresh:
+                if not cursor.fresh:
+                    cursor.restart()
+                    continue
+                came_back = await settle() if settle is not None else 0
+                if not came_back:
                     return
+                claimed -= came_back
                 cursor.restart()
                 continue
             claimed += 1
             yield job_of(video)
 
-    async def _claim_at(self, cursor: _Cursor, returned: Collection[str]) -> leases.Claimed | None:
+    async def _claim_at(
+        self, cursor: _Cursor, returned: Collection[str], closed: Callable[[str], bool]
+    ) -> leases.Claimed | None:
         while (source := cursor.source) is not None:
+            if closed(source):
+                cursor.next_source()
+                continue
             claim = functools.partial(
                 leases.claim_next,
                 owner=self.owner,

@@ -11,11 +11,13 @@ from datetime import datetime
 import structlog
 
 from db.leases import ClaimRules
-from ingest.backfill import discover, session
+from ingest.backfill import closed, session
 from ingest.config import ConfigError, Settings
+from ingest.discovery import ListingPlan, discover
 from ingest.ledger import Ledger
 from ingest.messages import VideoJob
 from ingest.runner import Session, run_jobs
+from ingest.search import search_upkeep
 from ingest.shutdown import Shutdown
 from ingest.sources import source_key
 
@@ -40,11 +42,16 @@ async def poll(
     stop = run.shutdown.requested
     # A source that fails to list this time keeps its last listing: its videos still get done.
     keys = [source_key(source) for source in sources]
+    plan = ListingPlan(full_every_s=parse_interval(run.settings.full_listing_interval))
     while not stop.is_set():
-        await discover(sources, run)
+        await discover(sources, run, plan)
         await run.claims.take_over_dead()
-        async for job in run.claims.jobs(keys, stop, returned=returned):
+        async for job in run.claims.jobs(
+            keys, stop, returned=returned, closed=closed(run.governor)
+        ):
             yield job
+        # Caught up: the vector index is built (concurrently) once the corpus is big enough.
+        await run.db.run(search_upkeep(run.settings))
         log.info("poll_done", sources=len(keys), next_in_s=interval_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
@@ -65,6 +72,6 @@ async def daemon(
         return ClaimRules(settings.lease_seconds, retry_failed_before=now if retry_failed else None)
 
     async with session(settings, rules, shutdown) as (run, metrics):
-        ledger = Ledger(run.db, 0, metrics, run.claims.owner)
+        ledger = Ledger(run.db, 0, metrics, run.claims.owner, keep_failures=1000)
         await run_jobs(run, ledger, poll(sources, run, poll_interval_s, ledger.returned))
     return ledger

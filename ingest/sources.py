@@ -54,15 +54,21 @@ def source_key(source: str) -> str:
 
 
 def list_source(
-    source: str, *, socket_timeout: float = 30.0, ytdlp: Mapping[str, Any] | None = None
+    source: str,
+    *,
+    socket_timeout: float = 30.0,
+    ytdlp: Mapping[str, Any] | None = None,
+    first: int | None = None,
 ) -> list[ListedVideo]:
-    """Blocking: every video of one source, without duplicates, in the source's order. `ytdlp`:
-    yt-dlp options of the user's (cookies, pacing, extractor arguments)."""
+    """Blocking: every video of one source (or of a URL's, only the `first` few: yt-dlp then
+    fetches only the pages it needs), without duplicates, in the source's order. `ytdlp`: yt-dlp
+    options of the user's (cookies, pacing, extractor arguments)."""
     path = Path(source).expanduser()
     if path.exists():
         videos = list(_list_local(path))
     elif "://" in source:
-        videos = list(_list_url(source, socket_timeout, ytdlp or {}))
+        options = {**(ytdlp or {}), **({"playlist_items": f"1:{first}"} if first else {})}
+        videos = list(_list_url(source, socket_timeout, options))
     else:
         raise SourceError(f"{source}: neither an existing file or folder nor a URL")
     return _unique(videos)

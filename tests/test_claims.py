@@ -12,7 +12,8 @@ import pytest
 
 from db import leases
 from db.corpus import ensure_embedding_model
-from db.leases import ClaimRules, record_listing
+from db.leases import ClaimRules
+from db.listings import record_listing
 from db.sink import write_finished
 from db.videos import DiscoveredVideo, record_discovered
 from ingest.claims import Claims

@@ -286,6 +286,41 @@ def test_the_database_restarting_mid_run_loses_nothing(
         shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
+def test_an_outage_longer_than_the_lease_ends_with_each_video_done_once(
+    site: tuple[Path, list[Item]], ingest_env: dict[str, str], database_url: str
+) -> None:
+    """The run outlives its leases while the database is away; when it is back, it renews the
+    leases of the videos it still works on instead of claiming them a second time, and every
+    result is written under a lease checked in the same statement."""
+    folder, items = site
+    pgdata = pg_folder() / "pgdata"
+    uri = start_embedded(pgdata)
+    port = free_port()
+    env = {**ingest_env, "DATABASE_URL": uri, "INGEST_LEASE_SECONDS": "5",
+           "INGEST_METRICS_ADDR": f"127.0.0.1:{port}"}  # fmt: skip
+    try:
+        with serve(folder, bytes_per_second=400_000) as base:
+            process = start(env, "backfill", write_feed(folder, base, items))
+            try:
+                wait_for(port, process, in_flight("transcribe"))
+                stop_embedded(pgdata)
+                time.sleep(8)  # every lease has expired when the database is back
+                start_embedded(pgdata)
+                out, err = process.communicate(timeout=300)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        assert process.returncode == 0, err
+        assert f"{VIDEOS} done, 0 failed of {VIDEOS} videos" in out
+        assert asyncio.run(_attempts(uri)) == [(f"generic:v{i}", "done", 1) for i in range(VIDEOS)]
+        videos, chunks = asyncio.run(snapshot(uri))
+        assert len(chunks) == sum(int(str(v[3])) for v in videos)  # chunks written once per video
+    finally:
+        stop_embedded(pgdata)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
 def test_owner_of_a_dead_process_is_recognised() -> None:
     from ingest.claims import is_dead_here, new_owner
 
