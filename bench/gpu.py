@@ -9,6 +9,11 @@ the first video done to the last, so model loading and the first fill are left o
 
 Without a GPU, `--quick` runs the same code on CPU with tiny models as a smoke test (figures
 reported, no target judged), and a full run reports that it was not run.
+
+Either ASR engine can be measured, with Whisper shaped like distil-large-v3 or large-v3-turbo;
+every model is built from its shape here, so no network is needed:
+
+    python -m bench.gpu --engine transformers --shape large-v3-turbo [--quick]
 """
 
 from __future__ import annotations
@@ -24,20 +29,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import asyncpg
 import numpy as np
+import typer
+from rich.console import Console
 
-from bench.database import fresh_database
-from bench.results import Figure
+from bench.database import fresh_database, server
+from bench.results import Figure, show, write
 from ingest.backfill import backfill
 from ingest.config import Settings, cuda_device_count
 from ingest.gpu import GpuSampler
+from ingest.logging import configure_logging
 from ingest.metrics import Metrics
 from tests.speech import SENTENCES, speak, wav_seconds
 from tests.standins import (
     DISTIL_LARGE_V3,
+    LARGE_V3_TURBO,
     TINY,
     WhisperShape,
     filler_words,
@@ -46,9 +55,12 @@ from tests.standins import (
     write_sentence_embedder,
     write_voice,
     write_whisper,
+    write_whisper_transformers,
 )
 
 TOKENS_PER_WINDOW = 90  # English speech: ~2.5 words/s, ~1.2 tokens a word, 30 s windows
+Engine = Literal["faster-whisper", "transformers"]
+SHAPES = {"distil-large-v3": DISTIL_LARGE_V3, "large-v3-turbo": LARGE_V3_TURBO}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +75,7 @@ class Scale:
     voice_channels: int
     embedder_hidden: int
     embedder_layers: int
+    engine: Engine = "faster-whisper"
 
 
 GPU = Scale("cuda", videos=64, video_s=600, whisper=DISTIL_LARGE_V3, compute_type="float16",
@@ -89,15 +102,21 @@ class Measured:
     window_s: float
 
 
-def gpu(server_uri: str, quick: bool) -> list[Figure]:
+def gpu(
+    server_uri: str,
+    quick: bool,
+    engine: Engine = "faster-whisper",
+    shape: str = "distil-large-v3",
+) -> list[Figure]:
     if cuda_device_count() == 0 and not quick:
         return [
             Figure("gpu", "end-to-end on a GPU", None,
                    detail={"status": "not run: no CUDA device; see README (Benchmarks)"})
         ]  # fmt: skip
-    scale = SMOKE
+    scale = replace(SMOKE, engine=engine)
     if cuda_device_count() > 0:
         scale = replace(GPU, videos=8, video_s=120) if quick else GPU
+        scale = replace(scale, engine=engine, whisper=SHAPES[shape])
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with tempfile.TemporaryDirectory(prefix="ingest-bench-gpu-") as tmp:
         work = Path(tmp)
@@ -112,10 +131,11 @@ def gpu(server_uri: str, quick: bool) -> list[Figure]:
 
 
 def write_models(folder: Path, scale: Scale) -> Models:
+    """Every model the run loads, random but for Whisper's scripted decoder, in the format of
+    the engine measured (a transformers folder, or CTranslate2 converted from one)."""
+    writer = write_whisper_transformers if scale.engine == "transformers" else write_whisper
     return Models(
-        asr=write_whisper(
-            folder / "asr", shape=scale.whisper, script=filler_words(TOKENS_PER_WINDOW)
-        ),
+        asr=writer(folder / "asr", shape=scale.whisper, script=filler_words(TOKENS_PER_WINDOW)),
         voice=write_voice(folder / "voice", channels=scale.voice_channels),
         diarization=write_diarization(folder / "diarization", wespeaker=True),
         embedders={
@@ -147,6 +167,7 @@ def _settings(data_dir: Path, models: Models, embedder: Path, scale: Scale) -> S
         data_dir=data_dir,
         device=scale.device,
         asr_model=str(models.asr),
+        asr_engine=scale.engine,
         asr_compute_type=scale.compute_type,
         asr_workers=scale.asr_workers,
         asr_batch_size=scale.asr_batch,
@@ -204,8 +225,9 @@ def _gpu_samples() -> Iterator[list[tuple[float, float]]]:
 
     def sample() -> None:
         while not stop.wait(1.0):
-            if readings := sampler.read():
-                samples.append((time.time(), readings[0].utilization))
+            readings = sampler.read()
+            if readings and (busy := readings[0].utilization) is not None:  # None on MIG
+                samples.append((time.time(), busy))
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -226,6 +248,8 @@ def _figures(name: str, measured: Measured, scale: Scale) -> list[Figure]:
         "steady_window_s": round(measured.window_s, 1),
         "asr_workers": scale.asr_workers,
         "asr_batch": scale.asr_batch,
+        "asr_engine": scale.engine,
+        "whisper_layers": f"{scale.whisper.encoder_layers}+{scale.whisper.decoder_layers}",
     }
     if not judged:
         detail["status"] = "smoke: tiny models on CPU, not a measurement"
@@ -239,3 +263,31 @@ def _figures(name: str, measured: Measured, scale: Scale) -> list[Figure]:
                    target=90.0 if judged else None, detail=detail)
         )  # fmt: skip
     return figures
+
+
+def main(
+    engine: Annotated[str, typer.Option(help="faster-whisper or transformers.")] = "faster-whisper",
+    shape: Annotated[str, typer.Option(help=f"Whisper's shape: {', '.join(SHAPES)}.")] = (
+        "distil-large-v3"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="Fewer, shorter videos (tiny models on CPU).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = Path(
+        "bench/results-gpu.json"
+    ),
+) -> None:
+    """The end-to-end GPU benchmark on one ASR engine and Whisper shape."""
+    if engine not in ("faster-whisper", "transformers") or shape not in SHAPES:
+        raise typer.BadParameter(f"unknown engine {engine!r} or shape {shape!r}")
+    chosen: Engine = "transformers" if engine == "transformers" else "faster-whisper"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_logging("warning")
+    with server() as uri:
+        figures = gpu(uri, quick, chosen, shape)
+    show(figures, Console())
+    write(figures, out)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -2,7 +2,8 @@
 
 Each check is a small function returning a `Check`: the database (reached as a run reaches it,
 but only looked at: pending migrations are reported, never applied), the data directory and its
-disk, ffmpeg, yt-dlp and its JavaScript runtime, the device, the diarizer a run would choose,
+disk, ffmpeg, yt-dlp and its JavaScript runtime, the device and its GPUs, the ASR engine a run
+would choose and the CUDA libraries each engine needs, the diarizer a run would choose,
 every configured model (loaded with the run's own loaders) and the metrics address.
 
 `diagnose` runs the database, the local checks and the models side by side; the models load one
@@ -43,8 +44,10 @@ from ingest.ledger import describe_error
 from ingest.logging import redact_secrets
 from ingest.metrics import Metrics
 from ingest.models import (
+    AsrEngineChoice,
     DiarizerChoice,
     ModelLoadError,
+    choose_asr_engine,
     choose_diarizer,
     load_asr,
     load_diarizer,
@@ -143,7 +146,13 @@ def _device_and_models(settings: Settings, load_models: bool) -> list[Check]:
     # One thread for all of them: CUDA is probed once, before any model touches it, and each
     # model's load time is its own rather than shared with another load.
     choice = choose_diarizer(settings)
-    checks = [check_device(settings), ok("diarizer", f"{choice.kind}: {choice.reason}")]
+    engine = choose_asr_engine(settings)
+    checks = [
+        check_device(settings),
+        ok("asr engine", f"{engine.engine}: {engine.reason}"),
+        check_cuda_libraries(settings, engine),
+        ok("diarizer", f"{choice.kind}: {choice.reason}"),
+    ]
     if load_models:
         checks += [check_model(model, choice) for model in configured_models(settings, choice)]
     return checks
@@ -432,23 +441,64 @@ def check_device(settings: Settings) -> Check:
             "INGEST_DEVICE=cuda but no CUDA device is visible",
             "check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or set INGEST_DEVICE=cpu",
         )
-    gpus = f"{count} CUDA device{'s' if count != 1 else ''}; {gpu_names()}"
+    sampler = GpuSampler(Metrics())
+    try:
+        gpus = f"{count} CUDA device{'s' if count != 1 else ''}; {gpu_summary(sampler)}"
+    finally:
+        sampler.close()
     if device == "cpu":
         return ok("device", f"cpu ({gpus}); transcription on a CPU is far slower than on a GPU")
     return ok("device", f"cuda ({gpus})")
 
 
-def gpu_names() -> str:
-    """The GPUs NVML sees, or why it sees none; NVML is optional, so this never fails."""
-    sampler = GpuSampler(Metrics())
-    try:
-        if sampler.unavailable is not None:
-            return f"NVML not available: {sampler.unavailable}"
-        return ", ".join(sampler.names()) or "NVML sees no GPU"
-    except Exception as exc:
-        return f"NVML failed: {describe_error(exc)}"
-    finally:
-        sampler.close()
+def gpu_summary(sampler: GpuSampler) -> str:
+    """Each GPU this process uses, with its memory, and the driver; NVML is optional, so this
+    never fails."""
+    if not sampler.devices:
+        return "no GPU" if sampler.unavailable is None else f"no GPU (NVML: {sampler.unavailable})"
+    memory = {reading.gpu: reading.memory_total for reading in sampler.read()}
+    gpus = [
+        f"GPU {device.gpu}: {sampler.name(device) or 'unknown'}, {_gib(memory.get(device.gpu))}"
+        for device in sampler.devices
+    ]
+    return "; ".join([*gpus, f"driver {sampler.driver_version() or 'unknown'}"])
+
+
+def _gib(size: int | None) -> str:
+    return "memory unknown" if size is None else f"{size / GIB:.0f} GiB"
+
+
+def check_cuda_libraries(settings: Settings, engine: AsrEngineChoice) -> Check:
+    """What each ASR engine needs of CUDA, found or not; only the chosen engine's absence
+    fails."""
+    if settings.resolved_device() == "cpu":
+        return ok("cuda libraries", "not needed on a CPU")
+    if cuda_device_count() == 0:  # the device check fails already
+        return ok("cuda libraries", "not checked: no CUDA device is visible")
+    from workers.cuda_libs import preload_cuda_libraries
+
+    libraries = preload_cuda_libraries()
+    torch_cuda, torch_ok = _torch_cuda()
+    detail = (
+        f"faster-whisper: {', '.join(lib.describe() for lib in libraries)}; "
+        f"transformers: {torch_cuda}"
+    )
+    if engine.engine == "faster-whisper" and not all(lib.ok for lib in libraries):
+        return fail("cuda libraries", detail, "pip install nvidia-cublas-cu12 "
+                    "'nvidia-cudnn-cu12==9.*' (scripts/install.sh does), or set "
+                    "INGEST_ASR_ENGINE=transformers")  # fmt: skip
+    if engine.engine == "transformers" and not torch_ok:
+        return fail("cuda libraries", detail, "install a CUDA build of torch")
+    return ok("cuda libraries", detail)
+
+
+def _torch_cuda() -> tuple[str, bool]:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"torch {torch.__version__} with CUDA {torch.version.cuda}", True
+    build = "a CPU build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    return f"torch {torch.__version__} cannot use CUDA ({build})", False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Literal, TypeVar
 import structlog
 
 from ingest.config import Settings, apply_process_environment, cuda_device_count
-from workers.asr import AsrModel, AsrOptions
+from workers.asr import AsrModel, AsrOptions, SpeechRecognizer
 from workers.clustering import ClusteringDiarizer, ClusteringOptions
 from workers.diarization import DiarizationOptions, Diarizer, SpeakerTurns
 from workers.embedder import EmbedderOptions, TextEmbedder
@@ -30,7 +30,7 @@ class ModelLoadError(Exception):
 class GpuWorker:
     """The models of one GPU worker, all on the same device."""
 
-    asr: AsrModel
+    asr: SpeechRecognizer
     speakers: SpeakerAttributor
 
 
@@ -44,10 +44,19 @@ class DiarizerChoice:
 
 
 @dataclass(frozen=True, slots=True)
+class AsrEngineChoice:
+    """Which engine runs Whisper, and why (logged once, shown by `ingest doctor`)."""
+
+    engine: Literal["faster-whisper", "transformers"]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Models:
     workers: tuple[GpuWorker, ...]  # one per ASR worker, spread over the visible GPUs
     embedder: TextEmbedder
     diarizer: DiarizerChoice = DiarizerChoice("off", "no speaker models loaded")
+    asr_engine: AsrEngineChoice = AsrEngineChoice("faster-whisper", "the default")
 
 
 def _load(kind: str, name: str, loader: Callable[[], T]) -> T:
@@ -68,7 +77,39 @@ def _device(settings: Settings, worker: int) -> tuple[str, int]:
     return device, worker % gpus
 
 
-def load_asr(settings: Settings, worker: int = 0) -> AsrModel:
+def _model_format(model: str) -> Literal["ctranslate2", "transformers"] | None:
+    """The format of a local model folder; None for a hub id or size name."""
+    folder = Path(model).expanduser()
+    if (folder / "model.bin").is_file():
+        return "ctranslate2"
+    if any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file():
+        return "transformers"
+    return None
+
+
+def choose_asr_engine(settings: Settings) -> AsrEngineChoice:
+    """faster-whisper wherever CTranslate2 can run the model (any CPU; a GPU it sees, with the
+    cuBLAS and cuDNN it opens), else Whisper on torch."""
+    if settings.asr_engine != "auto":
+        return AsrEngineChoice(settings.asr_engine, f"INGEST_ASR_ENGINE={settings.asr_engine}")
+    form = _model_format(settings.resolved_asr_model())
+    if form == "transformers":
+        return AsrEngineChoice("transformers", "INGEST_ASR_MODEL is a transformers folder")
+    if settings.resolved_device() == "cpu":
+        return AsrEngineChoice("faster-whisper", "CTranslate2 runs on the CPU")
+    if (count := cuda_device_count()) == 0:
+        return AsrEngineChoice("transformers", "CTranslate2 sees no CUDA device")
+    from workers.cuda_libs import preload_cuda_libraries
+
+    missing = [lib.describe() for lib in preload_cuda_libraries() if not lib.ok]
+    if missing and form is None:
+        return AsrEngineChoice("transformers", f"CTranslate2 cannot run: {'; '.join(missing)}")
+    return AsrEngineChoice("faster-whisper", f"CTranslate2 sees {count} CUDA device(s)")
+
+
+def load_asr(
+    settings: Settings, worker: int = 0, engine: AsrEngineChoice | None = None
+) -> SpeechRecognizer:
     device, index = _device(settings, worker)
     options = AsrOptions(
         model=settings.resolved_asr_model(),
@@ -79,6 +120,10 @@ def load_asr(settings: Settings, worker: int = 0) -> AsrModel:
         device_index=index,
         token=settings.resolved_hf_token(),
     )
+    if (engine or choose_asr_engine(settings)).engine == "transformers":
+        from workers.asr_transformers import TransformersAsrModel
+
+        return _load("ASR", options.model, lambda: TransformersAsrModel(options))
     return _load("ASR", options.model, lambda: AsrModel(options))
 
 
@@ -184,22 +229,33 @@ def speaker_options(settings: Settings) -> SpeakerOptions:
 
 
 def load_worker(
-    settings: Settings, worker: int, profiles: Sequence[VoiceProfile], choice: DiarizerChoice
+    settings: Settings,
+    worker: int,
+    profiles: Sequence[VoiceProfile],
+    choice: DiarizerChoice,
+    engine: AsrEngineChoice | None = None,
 ) -> tuple[GpuWorker, DiarizerChoice]:
     voice, diarizer = None, None
     if choice.kind != "off":
         voice = load_voice(settings, worker)
         diarizer, choice = load_speaker_turns(settings, worker, voice, choice)
     attributor = SpeakerAttributor(speaker_options(settings), voice, diarizer, profiles)
-    return GpuWorker(asr=load_asr(settings, worker), speakers=attributor), choice
+    return GpuWorker(asr=load_asr(settings, worker, engine), speakers=attributor), choice
 
 
 def load_models(settings: Settings, profiles: Sequence[VoiceProfile] = ()) -> Models:
     """Blocking; fails fast on the first model that cannot be loaded."""
     choice = choose_diarizer(settings)
+    engine = choose_asr_engine(settings)
+    log.info("asr_engine_chosen", engine=engine.engine, reason=engine.reason)
     workers: list[GpuWorker] = []
     for worker in range(settings.resolved_asr_workers()):
-        loaded, choice = load_worker(settings, worker, profiles, choice)
+        loaded, choice = load_worker(settings, worker, profiles, choice, engine)
         workers.append(loaded)
     log.info("diarizer_chosen", diarizer=choice.kind, reason=choice.reason)
-    return Models(workers=tuple(workers), embedder=load_embedder(settings), diarizer=choice)
+    return Models(
+        workers=tuple(workers),
+        embedder=load_embedder(settings),
+        diarizer=choice,
+        asr_engine=engine,
+    )

@@ -21,8 +21,11 @@ install_system_packages() {
         "${missing[@]}" >/dev/null
 }
 
+# CTranslate2 4.x opens cuBLAS 12 and cuDNN 9 at run time; their wheels go in the same resolver
+# run as torch's own CUDA wheels so the two agree. The service loads them from site-packages
+# itself (workers/cuda_libs.py): no LD_LIBRARY_PATH to set.
 install_gpu_stack() {
-    "$VENV/bin/pip" install -q -e '.[dev]'
+    "$VENV/bin/pip" install -q -e '.[dev]' nvidia-cublas-cu12 'nvidia-cudnn-cu12==9.*'
 }
 
 # PyPI's torch, torchaudio and torchcodec default to CUDA builds: pin the CPU torch first, keep it

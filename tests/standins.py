@@ -205,6 +205,8 @@ class WhisperShape:
 TINY = WhisperShape()
 DISTIL_LARGE_V3 = WhisperShape(d_model=1280, encoder_layers=32, decoder_layers=2, heads=20,
                                ffn=5120)  # fmt: skip
+LARGE_V3_TURBO = WhisperShape(d_model=1280, encoder_layers=32, decoder_layers=4, heads=20,
+                              ffn=5120)  # fmt: skip
 
 
 def filler_words(count: int) -> list[int]:
@@ -225,6 +227,25 @@ def write_whisper(
     """A multilingual Whisper as a CTranslate2 folder (float16 weights), tiny unless `shape`
     says otherwise; every window decodes to `text`, or to the token ids of `script`."""
     import ctranslate2
+
+    with tempfile.TemporaryDirectory(prefix="hf_whisper_") as hf_dir:
+        write_whisper_transformers(Path(hf_dir), text, seed, shape, script)
+        converter = ctranslate2.converters.TransformersConverter(
+            hf_dir, copy_files=["tokenizer.json", "preprocessor_config.json"]
+        )
+        converter.convert(str(out_dir), quantization="float16", force=True)
+    return out_dir
+
+
+def write_whisper_transformers(
+    out_dir: Path,
+    text: str = " test transcript",
+    seed: int = 0,
+    shape: WhisperShape = TINY,
+    script: list[int] | None = None,
+) -> Path:
+    """The same Whisper as `write_whisper`, as a transformers folder (what the Hub's openai/
+    and distil-whisper/ repositories hold, and what CTranslate2 converts from)."""
     import torch
     from transformers import (
         GenerationConfig,
@@ -262,22 +283,18 @@ def write_whisper(
         "processor_class": "WhisperProcessor", "return_attention_mask": False,
         "sampling_rate": 16000,
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="hf_whisper_") as hf_dir:
-        tok.save(f"{hf_dir}/tokenizer.json")
-        special = "<|endoftext|>"
-        PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            bos_token=special,
-            eos_token=special,
-            unk_token=special,
-            pad_token=special,
-        ).save_pretrained(hf_dir)
-        model.save_pretrained(hf_dir)
-        Path(hf_dir, "preprocessor_config.json").write_text(json.dumps(preprocessor))
-        converter = ctranslate2.converters.TransformersConverter(
-            hf_dir, copy_files=["tokenizer.json", "preprocessor_config.json"]
-        )
-        converter.convert(str(out_dir), quantization="float16", force=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    special = "<|endoftext|>"
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=special,
+        eos_token=special,
+        unk_token=special,
+        pad_token=special,
+    ).save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return out_dir
 
 

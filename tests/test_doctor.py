@@ -17,14 +17,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import pynvml
 import pytest
+import torch
 
-from ingest.config import cuda_device_count
-from ingest.doctor import service_tables
+from ingest.config import Settings, cuda_device_count
+from ingest.doctor import check_cuda_libraries, gpu_summary, service_tables
+from ingest.gpu import GpuSampler
+from ingest.metrics import Metrics
+from ingest.models import AsrEngineChoice
 from tests.conftest import pg_folder
 from tests.observing import free_port
 from tests.pgtcp import TcpPostgres, tcp_postgres
 from tests.test_backfill import ingest
+from tests.test_gpu import FakeNvml, machine
+from workers.cuda_libs import CudaLibrary
 
 PASSWORD = "secret-pw-7c41e9"
 READER_PASSWORD = "reader-pw-52b0d3"
@@ -42,6 +49,8 @@ GOOD_SET_UP = [
     "yt-dlp",
     "js runtime",
     "device",
+    "asr engine",
+    "cuda libraries",
     "diarizer",
     "asr model",
     "embedding model",
@@ -98,6 +107,10 @@ def test_a_good_set_up_passes(ingest_env: dict[str, str], outside_data_dir: Path
     )
     assert rows["migrations"][0] == "warn" and "ingest migrate" in rows["migrations"][1]
     assert rows["diarizer"][1].startswith("pyannote: local pipeline")
+    if cuda_device_count() == 0:
+        assert rows["device"][0] == "ok" and "no GPU" in rows["device"][1]
+        assert rows["asr engine"] == ("ok", "faster-whisper: CTranslate2 runs on the CPU")
+        assert rows["cuda libraries"] == ("ok", "not needed on a CPU")
     for model in ("asr model", "embedding model", "voice model", "diarization model"):
         assert rows[model][0] == "ok" and " loaded in " in rows[model][1], rows[model]
     assert rows["metrics addr"] == ("ok", f"{env['INGEST_METRICS_ADDR']} is free")
@@ -323,3 +336,30 @@ def test_a_broken_database_is_named(
     assert_fails_only(result, check, *says)
     for password in (PASSWORD, READER_PASSWORD, WRONG_PASSWORD):
         assert password not in result.stdout + result.stderr
+
+
+def test_each_gpu_with_its_memory_and_the_driver() -> None:
+    nvml = machine()
+    sampler = GpuSampler(Metrics(), nvml, lambda: "2,MIG-aaaa-0000")
+    assert gpu_summary(sampler) == (
+        "GPU 0: NVIDIA H100 80GB HBM3, 80 GiB; GPU 1: NVIDIA H100 MIG 3g.40gb, 40 GiB; "
+        "driver 570.86.15"
+    )
+    no_driver = GpuSampler(Metrics(), FakeNvml([], pynvml.NVMLError_LibraryNotFound()))
+    assert gpu_summary(no_driver) == "no GPU (NVML: NVML Shared Library Not Found)"
+
+
+def test_cuda_libraries_of_the_chosen_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(_env_file=None, device="cuda")  # type: ignore[call-arg]
+    monkeypatch.setattr("ingest.doctor.cuda_device_count", lambda: 1)
+    found = CudaLibrary("cuBLAS 12", "/site/nvidia/cublas/lib", True, ("libcublas.so.12",))
+    missing = CudaLibrary("cuDNN 9", None, error="pip install nvidia-cudnn-cu12==9.*")
+    monkeypatch.setattr("workers.cuda_libs.preload_cuda_libraries", lambda: (found, missing))
+    check = check_cuda_libraries(settings, AsrEngineChoice("faster-whisper", "asked for"))
+    assert check.status == "fail" and "INGEST_ASR_ENGINE=transformers" in check.fix
+    assert check.detail.startswith(
+        "faster-whisper: cuBLAS 12 (/site/nvidia/cublas/lib), cuDNN 9 missing: pip install"
+    )
+    assert "transformers: torch " in check.detail
+    on_torch = check_cuda_libraries(settings, AsrEngineChoice("transformers", "asked for"))
+    assert on_torch.status == ("ok" if torch.cuda.is_available() else "fail")
