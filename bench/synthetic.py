@@ -18,7 +18,7 @@ import numpy.typing as npt
 from db.videos import DiscoveredVideo
 from ingest.download import Downloader, DownloadOptions, Fetched, audio_stem
 from ingest.messages import VideoJob
-from workers.asr import AsrModel, AsrOptions, Waveform, duration_s
+from workers.asr import AsrModel, AsrOptions, Span, Waveform, duration_s
 from workers.chunking import Segment
 from workers.embedder import EmbedderOptions, TextEmbedder
 
@@ -59,7 +59,9 @@ class SleepingAsr(AsrModel):
         self.options = AsrOptions(model="synthetic", batch_size=1)
         self.costs = costs
 
-    def transcribe(self, audio: Waveform, *, words: bool = False) -> list[Segment]:
+    def transcribe(
+        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+    ) -> list[Segment]:
         time.sleep(duration_s(audio) * self.costs.asr_s_per_audio_s)
         step = duration_s(audio) / self.costs.chunks_per_video
         return [

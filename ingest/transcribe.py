@@ -18,7 +18,7 @@ from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo
 from ingest.metrics import Metrics
 from ingest.models import GpuWorker
-from workers.asr import Waveform, decode_audio, duration_s, speech_regions
+from workers.asr import Waveform, decode_audio, detect_speech, duration_s, regions_of
 from workers.audio import check_complete, stated_duration, too_long
 from workers.chunking import ChunkingOptions, chunk_segments
 
@@ -175,15 +175,18 @@ def _infer(
     """Blocking: every model step of one video, in one thread hop."""
     timings = list(decoded.timings)
     waveform = decoded.waveform
-    # One voice-activity pass serves the host check and the clustering diarizer.
-    regions = _step("vad", timings, metrics, speech_regions, waveform) if models.speakers.on else []
-    decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform, regions)
     captions = decoded.audio.captions
+    # One voice-activity pass serves speech recognition, the host check and the clustering
+    # diarizer.
+    listens = models.speakers.on or captions is None
+    speech = _step("vad", timings, metrics, detect_speech, waveform) if listens else []
+    regions = regions_of(speech)
+    decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform, regions)
     if captions is None:
         # Word timings are only needed to split segments at a change of speaker.
         words = decision.path == "full"
         segments = _step("transcribe", timings, metrics, models.asr.transcribe, waveform,
-                         words=words)  # fmt: skip
+                         words=words, speech=speech)  # fmt: skip
     else:
         segments = list(captions.segments)
     labelled = _step(

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import random
+import shutil
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
+import asyncpg
 import numpy as np
 import pytest
 
+from ingest.ledger import Ledger
+from ingest.messages import AudioFile, TranscribedVideo, VideoJob
+from ingest.models import GpuWorker
+from ingest.retry import Database
+from ingest.transcribe import transcribe_stage
 from tests.conftest import ModelPaths, Speech
-from workers.asr import Waveform, decode_audio
-from workers.chunking import Segment, Word
+from workers.asr import (
+    AsrModel,
+    AsrOptions,
+    Waveform,
+    decode_audio,
+    detect_speech,
+    regions_of,
+    whisper_clips,
+)
+from workers.chunking import ChunkingOptions, Segment, Word
+from workers.clustering import ClusteringDiarizer
 from workers.diarization import DiarizationOptions, Diarizer, Turn
 from workers.speakers import (
     Decision,
@@ -56,6 +76,89 @@ def test_a_segment_straddling_a_turn_is_split_at_it_by_words() -> None:
 def test_speech_between_turns_goes_to_the_nearest_with_no_confidence() -> None:
     (segment,) = assign_speakers([Segment(10.5, 11.5, "gap")], TURNS)
     assert (segment.speaker, segment.confidence) == ("A", 0.0)  # 12.0 is nearer than 9.0
+
+
+def reference_assign(segments: Sequence[Segment], turns: Sequence[Turn]) -> list[Segment]:
+    """The plain reading of the rules: every word and segment against every turn."""
+
+    def best(start: float, end: float) -> tuple[str, float]:
+        overlap: dict[str, float] = {}
+        for t in turns:
+            shared = min(end, t.end_s) - max(start, t.start_s)
+            if shared > 0:
+                overlap[t.speaker] = overlap.get(t.speaker, 0.0) + shared
+        if not overlap:
+            nearest = min(turns, key=lambda t: max(t.start_s - end, start - t.end_s, 0.0))
+            return nearest.speaker, 0.0
+        speaker = max(overlap, key=lambda s: overlap[s])
+        return speaker, min(1.0, overlap[speaker] / max(end - start, 1e-3))
+
+    out = []
+    for segment in segments:
+        groups: list[tuple[str, list[Word]]] = []
+        for word in segment.words:
+            speaker, _ = best(word.start_s, word.end_s)
+            if groups and groups[-1][0] == speaker:
+                groups[-1][1].append(word)
+            else:
+                groups.append((speaker, [word]))
+        parts = [segment]
+        if len(groups) > 1:
+            parts = [
+                Segment(ws[0].start_s, ws[-1].end_s, "".join(w.text for w in ws).strip(),
+                        words=tuple(ws))
+                for _, ws in groups
+            ]  # fmt: skip
+        for part in parts:
+            speaker, confidence = best(part.start_s, part.end_s)
+            out.append(replace(part, speaker=speaker, confidence=confidence))
+    return out
+
+
+def random_case(rng: random.Random, turns: int, segments: int) -> tuple[list[Segment], list[Turn]]:
+    """Times on a coarse grid, so that turns share starts and ends and words tie; turns may
+    overlap, leave gaps, or take no time; some words take no time; turns come in any order."""
+
+    def time() -> float:
+        return rng.randrange(0, 400) * 0.25
+
+    spans = [sorted((time(), time())) for _ in range(turns)]
+    some = [Turn(a, b, rng.choice("ABCD")) for a, b in spans]
+    rng.shuffle(some)
+    out = []
+    for _ in range(segments):
+        starts = sorted(time() for _ in range(rng.randrange(0, 6)))
+        words = tuple(Word(a, a + rng.choice((0.0, 0.25, 0.5, 1.5)), " w") for a in starts)
+        a, b = sorted((time(), time()))
+        out.append(Segment(a, b, "w", words=words))
+    return out, some
+
+
+def test_the_sweep_gives_what_comparing_every_pair_gives() -> None:
+    rng = random.Random(20240601)
+    for _ in range(300):
+        segments, turns = random_case(rng, rng.randrange(1, 12), rng.randrange(0, 12))
+        assert assign_speakers(segments, turns) == reference_assign(segments, turns)
+
+
+def test_a_long_video_is_labelled_quickly() -> None:
+    rng = random.Random(7)
+    turns, t = [], 0.0
+    for i in range(5000):  # turns of one to twenty seconds with pauses between some
+        length = rng.uniform(1.0, 20.0)
+        turns.append(Turn(t, t + length, f"S{i % 7}"))
+        t += length + rng.choice((0.0, 0.0, 0.4, 2.0))
+    words = [Word(i * t / 50_000, i * t / 50_000 + 0.3, " w") for i in range(50_000)]
+    segments = [
+        Segment(ws[0].start_s, ws[-1].end_s, "w", words=tuple(ws))
+        for ws in (words[i : i + 20] for i in range(0, len(words), 20))
+    ]
+    started = time.perf_counter()
+    labelled = assign_speakers(segments, turns)
+    assert time.perf_counter() - started < 10.0  # comparing every pair takes minutes
+    assert len(labelled) >= len(segments)
+    sample = segments[::250]
+    assert assign_speakers(sample, turns) == reference_assign(sample, turns)
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +294,98 @@ def test_other_errors_are_not_retried(models: ModelPaths, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="bad input"):
         failing.embed([np.zeros(16000, dtype=np.float32)] * 3)
     assert failing.batch_size == 8
+
+
+class VadCalls:
+    """Counts the voice-activity detector's passes: each one fetches its model first."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import faster_whisper.vad
+
+        self.count = 0
+        real = faster_whisper.vad.get_vad_model
+
+        def counted() -> object:
+            self.count += 1
+            return real()
+
+        monkeypatch.setattr(faster_whisper.vad, "get_vad_model", counted)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("batch_size", [4, 1])
+async def test_the_voice_activity_detector_runs_once_per_video(
+    batch_size: int,
+    models: ModelPaths,
+    voice: VoiceEncoder,
+    speech: Speech,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asr = AsrModel(AsrOptions(str(models.asr), batch_size=batch_size))
+    options = SpeakerOptions(mode="always")
+    worker = GpuWorker(asr, SpeakerAttributor(options, voice, ClusteringDiarizer(voice), []))
+    shutil.copy(speech.dialogue, tmp_path / "d.wav")
+    audio = AudioFile(VideoJob("d", "d"), tmp_path / "d.wav", owned=False, download_s=0.0)
+    calls = VadCalls(monkeypatch)
+    send, receive = anyio.create_memory_object_stream[AudioFile](1)
+    out_send, out_receive = anyio.create_memory_object_stream[TranscribedVideo](1)
+    async with out_receive:
+        async with send:
+            await send.send(audio)
+        ledger = Ledger(Database(pool), total=1)
+        await transcribe_stage(
+            receive, out_send, workers=[worker], chunking=ChunkingOptions(), ledger=ledger
+        )
+        (video,) = [v async for v in out_receive]
+    assert calls.count == 1
+    assert video.chunks and all(c.speaker for c in video.chunks)
+    assert "test transcript" in video.chunks[0].text  # what the stand-in Whisper always says
+    assert all(c.end_s <= video.duration_s for c in video.chunks)
+
+
+def test_speech_is_cut_into_whisper_clips_and_speaker_regions() -> None:
+    pieces = [(0.0, 10.0), (10.0, 25.0), (25.5, 29.0), (40.0, 45.0), (45.5, 110.0)]
+    assert whisper_clips(pieces) == [
+        (0.0, 29.0), (40.0, 45.0), (45.5, 75.5), (75.5, 105.5), (105.5, 110.0)
+    ]  # fmt: skip
+    assert regions_of(pieces) == [(0.0, 29.0), (40.0, 110.0)]
+    assert whisper_clips([]) == [] and regions_of([]) == []
+
+
+@pytest.mark.parametrize("batch_size", [4, 1])
+def test_long_audio_is_transcribed_block_by_block_in_place(
+    batch_size: int, models: ModelPaths, monologue: Waveform
+) -> None:
+    found = detect_speech(monologue)
+    clips = whisper_clips(found)
+    assert len(clips) >= 2
+    whole = AsrModel(AsrOptions(str(models.asr), batch_size=batch_size))
+    blocks = AsrModel(AsrOptions(str(models.asr), batch_size=batch_size, block_s=1.0))
+    expected = whole.transcribe(monologue, words=True, speech=found)
+    got = blocks.transcribe(monologue, words=True, speech=found)  # one clip per block
+    assert [s.text for s in got] == [s.text for s in expected] and got
+    # Each block's times are back on the video's clock: inside the clips, the last one heard.
+    # (The stand-in's timestamps are random weights' guesses, so they are not compared.)
+    assert all(any(a - 0.02 <= s.start_s <= s.end_s <= b + 0.02 for a, b in clips) for s in got)
+    assert got[-1].start_s >= clips[-1][0] - 0.02
+    assert all(s.start_s <= w.start_s <= w.end_s <= s.end_s + 0.02 for s in got for w in s.words)
+
+
+def test_decoding_gives_the_samples_faster_whisper_gives(speech: Speech) -> None:
+    from faster_whisper import decode_audio as whole_then_converted
+
+    for path in (speech.long, speech.dialogue):
+        expected = whole_then_converted(str(path), sampling_rate=16000)
+        assert np.array_equal(decode_audio(path), expected)
+
+
+def test_audio_longer_than_its_header_states_still_decodes_whole() -> None:
+    from workers.asr import _Samples
+
+    samples = _Samples(capacity=16000)  # what a header stating one second or none reserves
+    pcm = np.arange(-5000, 5000, dtype=np.int16).reshape(1, -1)
+    for _ in range(7):
+        samples.add(pcm)
+    assert np.array_equal(samples.samples(), np.tile(pcm[0], 7).astype(np.float32) / 32768.0)

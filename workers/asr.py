@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +17,7 @@ from workers.chunking import Segment, Word
 SAMPLE_RATE = 16000
 
 Waveform = npt.NDArray[np.float32]
+MAX_RESERVED_S = 4 * 3600.0  # reserved for decoding at most: the longest video taken by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,18 @@ class AsrOptions:
     device_index: int = 0
     cpu_threads: int = 0
     token: str | None = None  # for private hub models
+    block_s: float = 600.0  # audio transcribed per call: bounds the memory of long videos
+
+
+class SpeechRecognizer(Protocol):
+    """What the GPU stage needs of an ASR engine (faster-whisper or transformers)."""
+
+    @property
+    def options(self) -> AsrOptions: ...
+
+    def transcribe(
+        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+    ) -> list[Segment]: ...
 
 
 # What faster-whisper itself takes from a model repository.
@@ -49,29 +65,142 @@ def fetch_whisper(model: str, token: str | None = None) -> str:
 
 
 def decode_audio(path: Path) -> Waveform:
-    """Any audio or video file as 16 kHz mono float32 (PyAV, no ffmpeg process)."""
-    from faster_whisper import decode_audio as _decode
+    """Any audio or video file as 16 kHz mono float32 (PyAV, no ffmpeg process); the samples
+    faster-whisper's `decode_audio` gives, converted as they come into one array sized from the
+    stated duration: converting all at the end, as it does, holds three copies of a long video."""
+    import av
 
-    audio: Waveform = _decode(str(path), sampling_rate=SAMPLE_RATE)
-    return audio
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+        # A header may lie: space beyond what is decoded is never touched, so costs no memory,
+        # but a small machine refuses to reserve an absurd size.
+        stated = min((container.duration or 0) / av.time_base, MAX_RESERVED_S)
+        out = _Samples(int(stated * SAMPLE_RATE) + SAMPLE_RATE)
+        for group in _grouped(_valid(container.decode(audio=0))):
+            for frame in resampler.resample(group):
+                out.add(frame.to_ndarray())
+        for frame in resampler.resample(None):  # what the resampler still holds
+            out.add(frame.to_ndarray())
+    del resampler
+    gc.collect()  # PyAV's resampler frees its buffers only then
+    return out.samples()
+
+
+class _Samples:
+    def __init__(self, capacity: int) -> None:
+        self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
+        self._count = 0
+
+    def add(self, pcm: npt.NDArray[Any]) -> None:  # 16-bit samples
+        flat = pcm.reshape(-1)
+        end = self._count + len(flat)
+        if end > len(self._buffer):  # longer than stated
+            grown = np.empty(max(end, len(self._buffer) * 3 // 2), dtype=np.float32)
+            grown[: self._count] = self._buffer[: self._count]
+            self._buffer = grown
+        target = self._buffer[self._count : end]
+        target[:] = flat
+        target /= 32768.0
+        self._count = end
+
+    def samples(self) -> Waveform:
+        return self._buffer[: self._count]
+
+
+def _valid(frames: Iterator[Any]) -> Iterator[Any]:
+    """Frames, without the ones the decoder finds corrupt (as faster-whisper does)."""
+    import av
+
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+def _grouped(frames: Iterator[Any], samples: int = 500_000) -> Iterator[Any]:
+    """Frames joined into groups of about `samples`: resampling each small frame on its own
+    is slow."""
+    import av
+
+    fifo = av.audio.fifo.AudioFifo()
+    for frame in frames:
+        frame.pts = None  # the FIFO checks timestamps, which joined streams break
+        fifo.write(frame)
+        if fifo.samples >= samples:
+            yield fifo.read()
+    if fifo.samples > 0:
+        yield fifo.read()
 
 
 def duration_s(audio: Waveform) -> float:
     return len(audio) / SAMPLE_RATE
 
 
-def speech_regions(audio: Waveform) -> list[tuple[float, float]]:
-    """Where the voice-activity detector (Silero, shipped with faster-whisper) hears speech."""
+Span = tuple[float, float]
+CLIP_S = 30.0  # what Whisper hears at once
+# Pauses shorter than this do not end a region of speech; with the detector's 0.4 s padding on
+# each side, it is the 2 s of silence its defaults need to end one.
+REGION_PAUSE_S = 1.2
+# Audio per detector pass: the detector copies what it is given twice over, so hours at once
+# would cost gigabytes.
+VAD_BLOCK_S = 600.0
+
+
+def detect_speech(audio: Waveform) -> list[Span]:
+    """Where the voice-activity detector (Silero, shipped with faster-whisper) hears speech, in
+    pieces of at most 30 s cut at short pauses: what faster-whisper's batched pipeline finds
+    itself. The one pass per video: ASR and the speaker steps all take its result."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    stamps = get_speech_timestamps(audio, VadOptions(), sampling_rate=SAMPLE_RATE)
-    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+    options = VadOptions(max_speech_duration_s=CLIP_S, min_silence_duration_ms=160)
+    block = int(VAD_BLOCK_S * SAMPLE_RATE)
+    pieces: list[Span] = []
+    for first in range(0, len(audio), block):
+        stamps = get_speech_timestamps(audio[first : first + block], options, SAMPLE_RATE)
+        pieces += [((first + s["start"]) / SAMPLE_RATE, (first + s["end"]) / SAMPLE_RATE)
+                   for s in stamps]  # fmt: skip
+    return pieces
+
+
+def regions_of(pieces: Sequence[Span]) -> list[Span]:
+    """Stretches of speech for the speaker steps: pieces joined across short pauses."""
+    return _joined(pieces, lambda region, piece: piece[0] - region[1] < REGION_PAUSE_S)
+
+
+def speech_regions(audio: Waveform) -> list[Span]:
+    return regions_of(detect_speech(audio))
+
+
+def whisper_clips(pieces: Sequence[Span]) -> list[Span]:
+    """Pieces joined into clips of at most 30 s. The pauses between them stay in: Whisper is
+    used to pauses, and every clip costs a whole 30 s window however little speech it holds."""
+    fitting = [(a + i * CLIP_S, min(a + (i + 1) * CLIP_S, b))
+               for a, b in pieces for i in range(max(1, math.ceil((b - a) / CLIP_S)))]  # fmt: skip
+    return _joined(fitting, lambda clip, piece: piece[1] - clip[0] <= CLIP_S)
+
+
+def _joined(pieces: Sequence[Span], joins: Callable[[Span, Span], bool]) -> list[Span]:
+    out: list[Span] = []
+    for piece in pieces:
+        if out and joins(out[-1], piece):
+            out[-1] = (out[-1][0], max(out[-1][1], piece[1]))
+        else:
+            out.append(piece)
+    return out
 
 
 class AsrModel:
-    """One loaded Whisper model; `BatchedInferencePipeline` when batch_size > 1, VAD always on."""
+    """One loaded Whisper model; `BatchedInferencePipeline` when batch_size > 1. It hears only
+    the speech the voice-activity detector found."""
 
     def __init__(self, options: AsrOptions) -> None:
+        if options.device == "cuda":  # before CTranslate2 first opens cuBLAS and cuDNN
+            from workers.cuda_libs import preload_cuda_libraries
+
+            preload_cuda_libraries()
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         self.options = options
@@ -84,30 +213,63 @@ class AsrModel:
         )
         self._batched = BatchedInferencePipeline(self._model) if options.batch_size > 1 else None
 
-    def transcribe(self, audio: Waveform, *, words: bool = False) -> list[Segment]:
+    def transcribe(
+        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+    ) -> list[Segment]:
         """Segments in time order, clipped to the audio's duration; with `words`, each carries
-        its word timings (what splitting a segment at a change of speaker needs)."""
+        its word timings (what splitting a segment at a change of speaker needs). `speech` is
+        what `detect_speech` found, when the caller has it already."""
         if len(audio) == 0:
             return []
-        kwargs: dict[str, Any] = {
-            "language": self.options.language,
-            "vad_filter": True,
-            "word_timestamps": words,
-        }
+        if speech is None:
+            speech = detect_speech(audio)
+        if not speech:  # an empty list would make faster-whisper look for speech itself
+            return []
+        segments: list[Segment] = []
+        language = self.options.language
+        for block in _blocks(whisper_clips(speech), self.options.block_s):
+            found, language = self._transcribe_block(audio, block, language, words)
+            segments += found
+        return segments
+
+    def _transcribe_block(
+        self, audio: Waveform, clips: Sequence[Span], language: str | None, words: bool
+    ) -> tuple[list[Segment], str]:
+        """One block of clips, from its own slice of the audio: faster-whisper computes the
+        features of all it is given at once, which for hours of audio is gigabytes."""
+        first = int(clips[0][0] * SAMPLE_RATE)
+        offset = first / SAMPLE_RATE
+        piece = audio[first : int(clips[-1][1] * SAMPLE_RATE)]
+        kwargs: dict[str, Any] = {"language": language, "vad_filter": False,
+                                  "word_timestamps": words}  # fmt: skip
         if self._batched is not None:
-            raw, _ = self._batched.transcribe(audio, batch_size=self.options.batch_size, **kwargs)
-        else:
-            raw, _ = self._model.transcribe(audio, **kwargs)
-        end = duration_s(audio)
-        return [
-            Segment(
-                start_s=min(s.start, end),
-                end_s=min(s.end, end),
-                text=s.text.strip(),
-                words=tuple(
-                    Word(min(w.start, end), min(w.end, end), w.word) for w in s.words or ()
-                ),
+            stamps = [{"start": a - offset, "end": b - offset} for a, b in clips]
+            raw, info = self._batched.transcribe(
+                piece, batch_size=self.options.batch_size, clip_timestamps=stamps, **kwargs
             )
+        else:
+            flat = [t - offset for clip in clips for t in clip]
+            raw, info = self._model.transcribe(piece, clip_timestamps=flat, **kwargs)
+        end = duration_s(audio)
+
+        def at(t: float) -> float:
+            return min(t + offset, end)
+
+        found = [
+            Segment(at(s.start), at(s.end), s.text.strip(),
+                    words=tuple(Word(at(w.start), at(w.end), w.word) for w in s.words or ()))
             for s in raw
             if s.text.strip()
-        ]
+        ]  # fmt: skip
+        # The language found in the first block holds for the rest of the video.
+        return found, language or info.language
+
+
+def _blocks(clips: Sequence[Span], block_s: float) -> list[list[Span]]:
+    out: list[list[Span]] = []
+    for clip in clips:
+        if out and clip[1] - out[-1][0][0] <= block_s:
+            out[-1].append(clip)
+        else:
+            out.append([clip])
+    return out

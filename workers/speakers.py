@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -189,19 +191,20 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[Turn]) -> list[
     (sub)segment covered by its speaker's turns."""
     if not turns:
         return list(segments)
+    index = _TurnIndex(turns)
     out: list[Segment] = []
     for segment in segments:
-        parts = _split_by_words(segment, turns) if segment.words else [segment]
+        parts = _split_by_words(segment, index) if segment.words else [segment]
         for part in parts:
-            speaker, confidence = _best_speaker(part.start_s, part.end_s, turns)
+            speaker, confidence = index.best_speaker(part.start_s, part.end_s)
             out.append(replace(part, speaker=speaker, confidence=confidence))
     return out
 
 
-def _split_by_words(segment: Segment, turns: Sequence[Turn]) -> list[Segment]:
+def _split_by_words(segment: Segment, index: _TurnIndex) -> list[Segment]:
     groups: list[tuple[str, list[Word]]] = []
     for word in segment.words:
-        speaker, _ = _best_speaker(word.start_s, word.end_s, turns)
+        speaker, _ = index.best_speaker(word.start_s, word.end_s)
         if groups and groups[-1][0] == speaker:
             groups[-1][1].append(word)
         else:
@@ -215,15 +218,53 @@ def _split_by_words(segment: Segment, turns: Sequence[Turn]) -> list[Segment]:
     ]  # fmt: skip
 
 
-def _best_speaker(start: float, end: float, turns: Sequence[Turn]) -> tuple[str, float]:
-    overlap: dict[str, float] = {}
-    for t in turns:
-        shared = min(end, t.end_s) - max(start, t.start_s)
-        if shared > 0:
-            overlap[t.speaker] = overlap.get(t.speaker, 0.0) + shared
-    if not overlap:
-        # Speech the diarization missed goes to the nearest turn, with no confidence.
-        nearest = min(turns, key=lambda t: max(t.start_s - end, start - t.end_s, 0.0))
-        return nearest.speaker, 0.0
-    speaker = max(overlap, key=lambda s: overlap[s])
-    return speaker, min(1.0, overlap[speaker] / max(end - start, 1e-3))
+class _TurnIndex:
+    """Turns sorted by start, so that a stretch of time looks only at the turns near it rather
+    than at all of them: a long video has tens of thousands of words and thousands of turns.
+
+    Results equal a scan of every turn in the given order: overlaps are summed, and ties
+    broken, in that order."""
+
+    def __init__(self, turns: Sequence[Turn]) -> None:
+        self.turns = list(turns)
+        self.order = sorted(range(len(turns)), key=lambda i: turns[i].start_s)
+        self.starts = [turns[i].start_s for i in self.order]
+        # The latest end among the turns starting no later than each one: walking back from a
+        # time, no earlier turn can reach it once this falls below it.
+        self.reach = list(itertools.accumulate((turns[i].end_s for i in self.order), max))
+
+    def best_speaker(self, start: float, end: float) -> tuple[str, float]:
+        if end < start:  # no overlap is possible and distances are not ordered by start
+            return self._nearest(start, end, range(len(self.turns)))
+        before = bisect.bisect_left(self.starts, end)  # these start before `end`
+        # Those reaching `start` may overlap; when none does, those ending last are nearest.
+        near = self._reaching(before, min(start, self.reach[before - 1]) if before else start)
+        overlap: dict[str, float] = {}
+        for i in near:
+            turn = self.turns[i]
+            shared = min(end, turn.end_s) - max(start, turn.start_s)
+            if shared > 0:
+                overlap[turn.speaker] = overlap.get(turn.speaker, 0.0) + shared
+        if not overlap:
+            # Speech the diarization missed goes to the nearest turn, with no confidence.
+            if before < len(self.starts):  # and the turns starting first after it
+                after = bisect.bisect_right(self.starts, self.starts[before])
+                near += self.order[before:after]
+            return self._nearest(start, end, near)
+        speaker = max(overlap, key=lambda s: overlap[s])
+        return speaker, min(1.0, overlap[speaker] / max(end - start, 1e-3))
+
+    def _reaching(self, before: int, time: float) -> list[int]:
+        """Turns among the first `before` that end at `time` or later (with some that do not),
+        in the given order."""
+        j = before
+        while j > 0 and self.reach[j - 1] >= time:
+            j -= 1
+        return sorted(self.order[j:before])
+
+    def _nearest(self, start: float, end: float, candidates: Iterable[int]) -> tuple[str, float]:
+        def distance(i: int) -> tuple[float, int]:
+            turn = self.turns[i]
+            return max(turn.start_s - end, start - turn.end_s, 0.0), i
+
+        return self.turns[min(candidates, key=distance)].speaker, 0.0
