@@ -34,12 +34,48 @@ async def recorded_embedding_model(conn: asyncpg.Connection) -> str | None:
     return model
 
 
-async def ensure_search_index(conn: asyncpg.Connection) -> None:
-    """Builds the cosine HNSW index once the column is typed (after a backfill, when it is cheap
-    compared with maintaining it row by row during the bulk load)."""
+SEARCH_INDEX = "segments_embedding_hnsw"
+# Only one replica builds the index; the others find it building (or built) and carry on.
+_BUILD_LOCK = 0x686E7377
+
+
+async def ensure_search_index(conn: asyncpg.Connection, min_chunks: int = 0) -> bool:
+    """Builds the cosine HNSW index once the column is typed and the corpus holds `min_chunks`
+    chunks; returns whether it built it. Below that size an exact scan is fast and every insert
+    stays cheap. CONCURRENTLY: writers go on while it builds, so `conn` must not be in a
+    transaction. A build that was interrupted leaves an invalid index, which is built again."""
     if await conn.fetchval("SELECT count(*) FROM corpus") == 0:
-        return
-    await conn.execute(
-        "CREATE INDEX IF NOT EXISTS segments_embedding_hnsw"
-        " ON segments USING hnsw (embedding vector_cosine_ops)"
+        return False
+    if await _index_valid(conn) or not await _holds_chunks(conn, min_chunks):
+        return False
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _BUILD_LOCK):
+        return False
+    try:
+        valid = await _index_valid(conn)
+        if valid:
+            return False
+        if valid is False:
+            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SEARCH_INDEX}")
+        await conn.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {SEARCH_INDEX}"
+            " ON segments USING hnsw (embedding vector_cosine_ops)"
+        )
+        return True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _BUILD_LOCK)
+
+
+async def _index_valid(conn: asyncpg.Connection) -> bool | None:
+    """None: there is no index; False: a build is under way or was interrupted."""
+    valid: bool | None = await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", SEARCH_INDEX
     )
+    return valid
+
+
+async def _holds_chunks(conn: asyncpg.Connection, at_least: int) -> bool:
+    # Counts no further than needed: the daemon asks on every poll of a corpus of millions.
+    found: int = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM segments LIMIT $1) s", at_least
+    )
+    return found >= at_least

@@ -1,55 +1,202 @@
-"""Searching the corpus by meaning, with links to the second a chunk starts."""
+"""Searching the corpus by meaning and by words, with links to the second a chunk starts."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlparse
 
-from db.corpus import recorded_embedding_model
-from db.search import SearchHit, search_chunks
+import asyncpg
+import structlog
+
+from db.corpus import ensure_search_index
+from db.search import MODES, Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
+from db.search import ensure_search_language as _ensure_language
 from ingest.config import ConfigError, Settings
 from ingest.database import open_database
 from ingest.models import load_embedder
+from ingest.sources import source_key
+from workers.embedder import TextEmbedder
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOptions:
+    k: int = 10
+    mode: Mode = "hybrid"
+    filters: SearchFilters = field(default_factory=SearchFilters)
+    one_per_video: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     hit: SearchHit
-    link: str
+    link: str  # opens the media at the chunk's second
+    path: str | None = None  # the local file, for files
 
     def as_json(self) -> dict[str, Any]:
-        published = self.hit.published_at
+        """One result in a fixed shape: the same keys, in the same order, every time."""
+        h = self.hit
         return {
-            **asdict(self.hit),
-            "published_at": published.isoformat() if published else None,
+            "video_id": h.video_id,
+            "seg_index": h.seg_index,
+            "title": h.title,
+            "channel": h.channel,
+            "published_at": h.published_at.isoformat() if h.published_at else None,
+            "speaker": h.speaker,
+            "start_s": h.start_s,
+            "end_s": h.end_s,
             "link": self.link,
+            "path": self.path,
+            "url": h.url,
+            "score": h.score,
+            "similarity": h.similarity,
+            "vector_rank": h.vector_rank,
+            "text_rank": h.text_rank,
+            "snippet": h.snippet,
+            "text": h.text,
+            "transcript_source": h.transcript_source,
         }
 
 
-def link_to(hit: SearchHit) -> str:
+def link_to(hit: SearchHit) -> Result:
     second = int(hit.start_s)
     if hit.extractor == "Youtube":
-        return f"https://youtu.be/{hit.video_id}?t={second}"
-    # A media fragment: browsers and players start file and HTTP audio at that second.
-    return f"{hit.url}#t={second}"
+        return Result(hit, f"https://youtu.be/{hit.video_id}?t={second}")
+    # A media fragment: browsers start HTTP audio, and a local file, at that second; for a
+    # local file the plain path is given too, for players that take no URL.
+    path = unquote(urlparse(hit.url).path) if hit.url.startswith("file:") else None
+    return Result(hit, f"{hit.url}#t={second}", path)
 
 
-async def search(
-    query: str, settings: Settings, *, k: int, speaker: str | None = None
-) -> list[Result]:
-    async with open_database(settings) as pool:
-        async with pool.acquire() as conn:
-            recorded = await recorded_embedding_model(conn)
-        if recorded is None:
+class Searcher:
+    """The corpus's pool and embedding model, loaded once: for one query of the command line
+    or the many of `ingest serve`."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self._embedder: TextEmbedder | None = None
+        self._lock = asyncio.Lock()
+
+    async def search(self, text: str, options: SearchOptions) -> list[Result]:
+        if not text.strip():
+            raise ConfigError("the query is empty: give some words to look for")
+        dim = await self._corpus_dimension()
+        if dim is None:
             return []
-        if recorded != settings.embedding_model:
-            raise ConfigError(
-                f"the corpus was embedded with {recorded}, but INGEST_EMBEDDING_MODEL is "
-                f"{settings.embedding_model}; search with the corpus's model"
+        vector = None
+        if options.mode != "text":
+            embedder = await self._embedder_of(dim)
+            vector = (await asyncio.to_thread(embedder.encode, [text]))[0]
+        query = SearchQuery(
+            text, vector, options.k, options.mode, options.filters, options.one_per_video,
+            self.settings.hnsw_ef_search,
+        )  # fmt: skip
+        async with self.pool.acquire() as conn:
+            hits = await search_chunks(conn, query)
+        return [link_to(hit) for hit in hits]
+
+    async def _corpus_dimension(self) -> int | None:
+        """The corpus's vector dimension, None for an empty corpus; an error where its vectors
+        are not of the configured model: comparing them with the query would rank nonsense."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT embedding_model, embedding_dim,"
+                " (SELECT embedding_model FROM videos WHERE chunk_count > 0"
+                "  AND embedding_model IS DISTINCT FROM c.embedding_model LIMIT 1) AS stray"
+                " FROM corpus c"
             )
-        embedder = await asyncio.to_thread(load_embedder, settings)
-        vector = (await asyncio.to_thread(embedder.encode, [query]))[0]
-        async with pool.acquire() as conn:
-            hits = await search_chunks(conn, vector, k=k, speaker=speaker)
-    return [Result(hit, link_to(hit)) for hit in hits]
+        if row is None:
+            return None
+        model = self.settings.embedding_model
+        for recorded in (row["embedding_model"], row["stray"]):
+            if recorded is not None and recorded != model:
+                raise ConfigError(
+                    f"the corpus was embedded with {recorded}, but INGEST_EMBEDDING_MODEL is "
+                    f"{model}; search with the corpus's model"
+                )
+        dim: int = row["embedding_dim"]
+        return dim
+
+    async def _embedder_of(self, dim: int) -> TextEmbedder:
+        async with self._lock:
+            if self._embedder is None:
+                self._embedder = await asyncio.to_thread(load_embedder, self.settings)
+        if self._embedder.dimension != dim:
+            raise ConfigError(
+                f"the corpus holds {dim}-d embeddings, but {self.settings.embedding_model} "
+                f"makes {self._embedder.dimension}-d ones; search with the corpus's model"
+            )
+        return self._embedder
+
+
+@asynccontextmanager
+async def open_searcher(settings: Settings) -> AsyncIterator[Searcher]:
+    async with open_database(settings) as pool:
+        yield Searcher(pool, settings)
+
+
+async def search(query: str, settings: Settings, options: SearchOptions) -> list[Result]:
+    async with open_searcher(settings) as searcher:
+        return await searcher.search(query, options)
+
+
+def search_upkeep(settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """What the writers run at the end of a backfill and on each daemon poll: the configured
+    text search language, and the vector index once the corpus is large enough for it."""
+
+    async def upkeep(conn: asyncpg.Connection) -> None:
+        try:
+            if await _ensure_language(conn, settings.search_language):
+                log.info("search_language_changed", language=settings.search_language)
+        except asyncpg.UndefinedObjectError as exc:
+            # Not worth failing a run that has done its work: search still uses the old one.
+            log.error("search_language_invalid", language=settings.search_language, error=str(exc))
+        try:
+            if await ensure_search_index(conn, settings.hnsw_min_chunks):
+                log.info("search_index_built")
+        except asyncpg.PostgresError as exc:
+            # Search stays exact without it, and the next upkeep builds it again.
+            log.error("search_index_failed", error=str(exc))
+
+    return upkeep
+
+
+def search_options(
+    *,
+    k: int = 10,
+    mode: str = "hybrid",
+    speaker: str | None = None,
+    channel: str | None = None,
+    source: str | None = None,
+    video: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    one_per_video: bool = False,
+) -> SearchOptions:
+    """Options as the command line and the API take them; dates without a zone are UTC."""
+    if mode not in MODES:
+        raise ConfigError(f"invalid mode {mode!r}: use one of {', '.join(MODES)}")
+    if k < 1:
+        raise ConfigError(f"invalid k {k}: ask for at least one result")
+    filters = SearchFilters(
+        speaker=speaker,
+        channel=channel,
+        source=source_key(source) if source is not None else None,
+        video_id=video,
+        published_after=_utc(after),
+        published_before=_utc(before),
+    )
+    return SearchOptions(k, mode, filters, one_per_video)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

@@ -1,0 +1,141 @@
+"""`ingest serve` against a real database with real MiniLM embeddings: the same results as the
+command line, 400s for what it cannot use, and a server that listens on localhost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from db.migrate import apply_migrations
+from db.pool import create_pool
+from ingest.config import Settings, load_settings
+from ingest.serve import MAX_K, MAX_QUERY_CHARS, create_app
+from tests.conftest import create_database
+from tests.test_search import MODEL, corpus_texts, fill
+from workers.embedder import EmbedderOptions, TextEmbedder
+
+
+async def prepare(database_url: str) -> None:
+    chunks = corpus_texts()
+    vectors = TextEmbedder(EmbedderOptions(MODEL)).encode([c.text for c in chunks])
+    pool = await create_pool(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+            await fill(conn, chunks, vectors)
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="module")
+def corpus_url(pg_uri: str) -> str:
+    url = asyncio.run(create_database(pg_uri))
+    asyncio.run(prepare(url))
+    return url
+
+
+@pytest.fixture(scope="module")
+def client(corpus_url: str) -> Iterator[TestClient]:
+    settings = load_settings(database_url=corpus_url, embedding_model=MODEL, device="cpu")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def search(client: TestClient, **params: Any) -> tuple[int, Any]:
+    answer = client.get("/search", params=params)
+    return answer.status_code, answer.json()
+
+
+def test_health(client: TestClient) -> None:
+    answer = client.get("/health")
+    assert (answer.status_code, answer.json()) == (200, {"ok": True})
+
+
+def test_search_answers_what_the_command_line_answers(client: TestClient) -> None:
+    status, results = search(client, q="CVE-2024-3094", k=3)
+    assert status == 200
+    first = results[0]
+    assert (first["video_id"], first["link"]) == ("v15", "https://youtu.be/v15?t=210")
+    assert first["text_rank"] == 1 and "**" in first["snippet"]
+
+
+def test_search_takes_the_filters_as_parameters(client: TestClient) -> None:
+    narrow = search(client, q="a memory leak", k=10, mode="vector", speaker="Rare")[1]
+    assert len(narrow) == 10 and {r["speaker"] for r in narrow} == {"Rare"}
+    dated = search(client, q="a bug", k=50, after="2024-01-11", before="2024-01-13")[1]
+    assert {r["video_id"] for r in dated} == {"v10", "v11"}
+    single = search(client, q="a bug", k=5, one_per_video="true")[1]
+    assert len({r["video_id"] for r in single}) == 5
+    assert {r["video_id"] for r in search(client, q="a bug", video="v03")[1]} == {"v03"}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "q, the words to look for, is missing"),
+        ({"q": "  "}, "is missing"),
+        ({"q": "x" * (MAX_QUERY_CHARS + 1)}, f"longer than {MAX_QUERY_CHARS}"),
+        ({"q": "bug", "k": "0"}, f"from 1 to {MAX_K}"),
+        ({"q": "bug", "k": str(MAX_K + 1)}, f"from 1 to {MAX_K}"),
+        ({"q": "bug", "k": "ten"}, f"from 1 to {MAX_K}"),
+        ({"q": "bug", "mode": "fuzzy"}, "invalid mode"),
+        ({"q": "bug", "after": "last tuesday"}, "ISO 8601"),
+        ({"q": "bug", "one_per_video": "maybe"}, "true or false"),
+        ({"q": "bug", "limit": "3"}, "unknown parameter 'limit'"),
+    ],
+)
+def test_bad_parameters_are_400_with_a_message(
+    client: TestClient, params: dict[str, str], message: str
+) -> None:
+    status, answer = search(client, **params)
+    assert status == 400
+    assert message in answer["error"]
+
+
+def test_the_api_is_read_only(client: TestClient) -> None:
+    assert client.post("/search", params={"q": "bug"}).status_code == 405
+
+
+def test_status(client: TestClient) -> None:
+    status = client.get("/status").json()
+    assert status["chunks"] == 300 and status["videos"]["done"] == 30
+    assert status["search"]["language"] == "english"
+    assert status["search"]["vector_index"] == "none"  # below INGEST_HNSW_MIN_CHUNKS
+    assert status["search"]["embedding_model"] == MODEL
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_the_command_serves_on_localhost(corpus_url: str, ingest_env: dict[str, str]) -> None:
+    assert str(Settings.model_fields["serve_addr"].default).startswith("127.0.0.1:")
+    port = free_port()
+    env = {**ingest_env, "DATABASE_URL": corpus_url, "INGEST_EMBEDDING_MODEL": MODEL}
+    command = [sys.executable, "-m", "ingest", "serve", "--addr", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert answer.json() == {"ok": True}
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
