@@ -9,10 +9,13 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from bench.database import fresh_database
 from bench.results import Figure
@@ -20,9 +23,10 @@ from bench.synthetic import Costs, SleepingAsr, SleepingDownloader, SleepingEmbe
 from db.corpus import ensure_embedding_model
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from ingest.config import Settings
+from ingest.config import Settings, load_settings
 from ingest.download import DownloadOptions
 from ingest.embed import BatchRules
+from ingest.event_loop import loop_factory, resolve
 from ingest.ledger import Ledger
 from ingest.messages import VideoJob
 from ingest.models import GpuWorker, Models
@@ -45,6 +49,48 @@ CONFIGS = {
     "embed-bound": Costs(download_s=0.5, asr_s_per_audio_s=0.002, embed_s_per_chunk=0.01),
 }
 FAST = Costs(download_s=0.005, asr_s_per_audio_s=0.0002, embed_s_per_chunk=0.00005)
+T = TypeVar("T")
+
+
+class MeteredEmbedder(SleepingEmbedder):
+    """Keeps the chunks of every encode call and the time spent encoding."""
+
+    def __init__(self, costs: Costs) -> None:
+        super().__init__(costs)
+        self.batches: list[int] = []
+        self.busy_s = 0.0
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        started = time.perf_counter()
+        try:
+            return super().encode(texts)
+        finally:
+            self.batches.append(len(texts))
+            self.busy_s += time.perf_counter() - started
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticRun:
+    elapsed_s: float
+    batch_chunks: tuple[int, ...]  # chunks per encode call, in order
+    encode_s: float  # time the embedder spent encoding
+
+    def embed_detail(self) -> dict[str, float | str]:
+        """Batch sizes (chunks per encode call) and how busy the encoder was over the run."""
+        p10, p50, p90 = np.percentile(self.batch_chunks or (0,), [10, 50, 90])
+        return {
+            "embed_batch_p10": round(float(p10), 1),
+            "embed_batch_p50": round(float(p50), 1),
+            "embed_batch_p90": round(float(p90), 1),
+            "embed_calls": len(self.batch_chunks),
+            "embed_busy": round(self.encode_s / self.elapsed_s, 3),
+        }
+
+
+def run_on_configured_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """On the loop INGEST_EVENT_LOOP picks, as the service runs."""
+    with asyncio.Runner(loop_factory=loop_factory(load_settings().event_loop)) as runner:
+        return runner.run(coro)
 
 
 def write_template(path: Path, seconds: float) -> Path:
@@ -63,7 +109,7 @@ async def _jobs(count: int) -> AsyncIterator[VideoJob]:
         yield VideoJob(f"synth-{i}", f"synthetic://{i}")
 
 
-async def run_synthetic(server_uri: str, costs: Costs, videos: int) -> float:
+async def run_synthetic(server_uri: str, costs: Costs, videos: int) -> SyntheticRun:
     """Seconds the real pipeline takes for `videos` synthetic videos into a fresh database."""
     dsn = await fresh_database(server_uri)
     pool = await create_pool(dsn, max_size=8)
@@ -85,7 +131,8 @@ async def run_synthetic(server_uri: str, costs: Costs, videos: int) -> float:
             workers = tuple(
                 GpuWorker(SleepingAsr(costs), speakers) for _ in range(costs.asr_workers)
             )
-            models = Models(workers=workers, embedder=SleepingEmbedder(costs))
+            embedder = MeteredEmbedder(costs)
+            models = Models(workers=workers, embedder=embedder)
             ledger = Ledger(Database(pool), total=videos)
             downloader = SleepingDownloader(download, costs.download_s, template)
             pipeline = Pipeline(
@@ -96,18 +143,19 @@ async def run_synthetic(server_uri: str, costs: Costs, videos: int) -> float:
             elapsed = time.perf_counter() - started
         if ledger.counters.done != videos:
             raise RuntimeError(f"{ledger.counters.done} of {videos} videos done: {ledger.failures}")
-        return elapsed
+        return SyntheticRun(elapsed, tuple(embedder.batches), embedder.busy_s)
     finally:
         await pool.close()
 
 
 def efficiency(server_uri: str, videos: int) -> list[Figure]:
     figures = []
+    loop = resolve(load_settings().event_loop)
     for name, costs in CONFIGS.items():
-        elapsed = asyncio.run(run_synthetic(server_uri, costs, videos))
+        run = run_on_configured_loop(run_synthetic(server_uri, costs, videos))
         capacities = costs.capacities()
         bottleneck = min(capacities, key=lambda stage: capacities[stage])
-        throughput = videos / elapsed
+        throughput = videos / run.elapsed_s
         figures.append(
             Figure(
                 bench="pipeline",
@@ -118,6 +166,8 @@ def efficiency(server_uri: str, videos: int) -> list[Figure]:
                     "videos_per_s": round(throughput, 3),
                     "bottleneck": bottleneck,
                     **{f"{k}_capacity": round(v, 3) for k, v in capacities.items()},
+                    **run.embed_detail(),
+                    "event_loop": loop,
                 },
             )
         )

@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass
 
 import anyio
+import numpy as np
+import numpy.typing as npt
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ingest.ledger import Ledger
+from ingest.ledger import Ledger, describe_error
 from ingest.messages import EmbeddedVideo, TranscribedVideo
 from workers.embedder import TextEmbedder
 
@@ -38,6 +40,10 @@ class PendingBatch:
         self.chunks = 0
         self._oldest: float | None = None
 
+    @property
+    def full(self) -> bool:
+        return self.chunks >= self.rules.max_chunks
+
     def add(self, video: TranscribedVideo, now: float) -> None:
         if self._oldest is None:
             self._oldest = now
@@ -48,13 +54,57 @@ class PendingBatch:
         """None while empty (nothing to wait for), 0 when due."""
         if self._oldest is None:
             return None
-        if self.chunks >= self.rules.max_chunks:
+        if self.full:
             return 0.0
         return max(0.0, self._oldest + self.rules.max_wait_s - now)
 
     def take(self) -> list[TranscribedVideo]:
         videos, self.videos, self.chunks, self._oldest = self.videos, [], 0, None
         return videos
+
+
+class Handoff:
+    """The batch being collected, taken by the encoder when it is free and the batch is due.
+
+    The collector goes on filling it while the encoder works, so under load a batch holds what
+    arrived during the previous encode (up to `max_chunks`, overshot by at most one video), not
+    just what arrived within `max_wait_s`. A full batch stops the collector: upstream waits.
+    """
+
+    def __init__(self, rules: BatchRules) -> None:
+        self.pending = PendingBatch(rules)
+        self.ended = False
+        self._added = asyncio.Event()
+        self._taken = asyncio.Event()
+
+    async def room(self) -> None:
+        while self.pending.full:
+            self._taken.clear()
+            await self._taken.wait()
+
+    def add(self, video: TranscribedVideo) -> None:
+        self.pending.add(video, time.monotonic())
+        self._added.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._added.set()
+
+    async def next_batch(self) -> list[TranscribedVideo] | None:
+        """The batch once it is due (the rest at end of input); None when nothing is left."""
+        while True:
+            due = self.pending.seconds_until_due(time.monotonic())
+            if due == 0.0 or (self.ended and self.pending.videos):
+                self._taken.set()
+                return self.pending.take()
+            if self.ended:
+                return None
+            self._added.clear()
+            try:
+                async with asyncio.timeout(due):
+                    await self._added.wait()
+            except TimeoutError:
+                pass
 
 
 async def embed_stage(
@@ -66,50 +116,34 @@ async def embed_stage(
     ledger: Ledger,
 ) -> None:
     """Collects the next batch while the current one is being encoded."""
-    send, receive = anyio.create_memory_object_stream[list[TranscribedVideo]]()
+    handoff = Handoff(rules)
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(_collect(inbox, send, rules))
-        tg.create_task(_encode(receive, outbox, embedder, ledger))
+        tg.create_task(_collect(inbox, handoff))
+        tg.create_task(_encode(handoff, outbox, embedder, ledger))
 
 
-async def _collect(
-    inbox: MemoryObjectReceiveStream[TranscribedVideo],
-    outbox: MemoryObjectSendStream[list[TranscribedVideo]],
-    rules: BatchRules,
-) -> None:
-    pending = PendingBatch(rules)
-    receiving: asyncio.Task[TranscribedVideo] | None = None
-    async with inbox, outbox:
+async def _collect(inbox: MemoryObjectReceiveStream[TranscribedVideo], handoff: Handoff) -> None:
+    async with inbox:
         try:
             while True:
-                if receiving is None:
-                    receiving = asyncio.ensure_future(inbox.receive())
-                # asyncio.wait leaves the receive running on timeout, so no item can be lost.
-                await asyncio.wait({receiving}, timeout=pending.seconds_until_due(time.monotonic()))
-                if receiving.done():
-                    try:
-                        pending.add(receiving.result(), time.monotonic())
-                    except anyio.EndOfStream:
-                        break
-                    finally:
-                        receiving = None
-                if pending.seconds_until_due(time.monotonic()) == 0.0:
-                    await outbox.send(pending.take())
-            if pending.videos:
-                await outbox.send(pending.take())
+                await handoff.room()  # before receiving, so a full batch holds upstream back
+                try:
+                    video = await inbox.receive()
+                except anyio.EndOfStream:
+                    return
+                handoff.add(video)
         finally:
-            if receiving is not None:
-                receiving.cancel()
+            handoff.end()
 
 
 async def _encode(
-    inbox: MemoryObjectReceiveStream[list[TranscribedVideo]],
+    handoff: Handoff,
     outbox: MemoryObjectSendStream[EmbeddedBatch],
     embedder: TextEmbedder,
     ledger: Ledger,
 ) -> None:
-    async with inbox, outbox:
-        async for videos in inbox:
+    async with outbox:
+        while (videos := await handoff.next_batch()) is not None:
             await _flush(videos, outbox, embedder, ledger)
 
 
@@ -119,28 +153,54 @@ async def _flush(
     embedder: TextEmbedder,
     ledger: Ledger,
 ) -> None:
-    texts = [chunk.text for video in videos for chunk in video.chunks]
-    metrics = ledger.metrics
-    in_flight = metrics.in_flight.labels("embed")
-    started = time.perf_counter()
+    in_flight = ledger.metrics.in_flight.labels("embed")
     in_flight.inc(len(videos))
     try:
-        vectors = await asyncio.to_thread(embedder.encode, texts)
-    except Exception as exc:  # the batch is the item here: its videos fail, later ones go on
-        for video in videos:
-            await ledger.failed(video.job, "embed", exc)
-        return
+        embedded = await _isolating(videos, embedder, ledger)
     finally:
         in_flight.dec(len(videos))
+    if embedded:
+        await outbox.send(tuple(embedded))
+
+
+async def _isolating(
+    videos: list[TranscribedVideo], embedder: TextEmbedder, ledger: Ledger
+) -> list[EmbeddedVideo]:
+    """The videos embedded, in order. A batch the model rejects is split in halves until the
+    videos it rejects alone are found: only those fail, at about twice one batch's work for one
+    bad video, instead of one bad chunk failing every video that happened to share its batch."""
+    try:
+        return await _encode_batch(videos, embedder, ledger)
+    except Exception as exc:
+        if len(videos) == 1:
+            await ledger.failed(videos[0].job, "embed", exc)
+            return []
+        log.warning("embed_batch_failed", videos=len(videos), error=describe_error(exc))
+    half = len(videos) // 2
+    first = await _isolating(videos[:half], embedder, ledger)
+    return first + await _isolating(videos[half:], embedder, ledger)
+
+
+async def _encode_batch(
+    videos: list[TranscribedVideo], embedder: TextEmbedder, ledger: Ledger
+) -> list[EmbeddedVideo]:
+    texts = [chunk.text for video in videos for chunk in video.chunks]
+    metrics = ledger.metrics
+    started = time.perf_counter()
+    vectors = await asyncio.to_thread(embedder.encode, texts)
     metrics.latency.labels("embed").observe(time.perf_counter() - started)
     metrics.embed_batch.observe(len(texts))
     metrics.items.labels("embed", "ok").inc(len(videos))
     log.debug("embedded", videos=len(videos), chunks=len(texts))
-    batch: list[EmbeddedVideo] = []
+    return _split(videos, vectors)
+
+
+def _split(videos: list[TranscribedVideo], vectors: npt.NDArray[np.float32]) -> list[EmbeddedVideo]:
+    embedded: list[EmbeddedVideo] = []
     offset = 0
     for video in videos:
         rows = vectors[offset : offset + len(video.chunks)]
         rows.setflags(write=False)
         offset += len(video.chunks)
-        batch.append(EmbeddedVideo(video, rows))
-    await outbox.send(tuple(batch))
+        embedded.append(EmbeddedVideo(video, rows))
+    return embedded

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -122,26 +125,147 @@ async def test_a_lone_video_is_flushed_after_the_wait(
     await out_receive.aclose()
 
 
-class BrokenEmbedder(TextEmbedder):
+class Refusing(TextEmbedder):
+    """The real MiniLM, except that a batch holding the `poison` text makes it raise; it keeps
+    the size of every batch it is given."""
+
+    def __init__(self, inner: TextEmbedder, poison: str = "poison", delay_s: float = 0.0) -> None:
+        self.options, self.dimension = inner.options, inner.dimension
+        self.inner, self.poison, self.delay_s = inner, poison, delay_s
+        self.sizes: list[int] = []
+        self.gate = threading.Event()  # cleared: every encode waits for it
+        self.gate.set()
+        self.called = threading.Event()
+
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        if any("poison" in t for t in texts):
+        self.sizes.append(len(texts))
+        self.called.set()
+        self.gate.wait(timeout=10)
+        time.sleep(self.delay_s)  # a slow device: the thread sleeps as it would wait on a GPU
+        if self.poison in texts:
             raise RuntimeError("encoder exploded")
-        return super().encode(texts)
+        return self.inner.encode(texts)
+
+
+def poisoned(video_id: str) -> TranscribedVideo:
+    chunks = (Chunk(0, 0, 1, f"{video_id} is fine here"), Chunk(1, 1, 2, "poison"))
+    return TranscribedVideo(
+        VideoJob(video_id, f"http://x/{video_id}"), 2, chunks, "m", (), Decision("off")
+    )
+
+
+async def insert_videos(pool: asyncpg.Pool, *ids: str) -> None:
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO videos (id, url) VALUES ($1, $2)", [(i, f"http://x/{i}") for i in ids]
+        )
+
+
+async def video_status(pool: asyncpg.Pool, video_id: str) -> tuple[str, str | None]:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT status, error FROM videos WHERE id = $1", video_id)
+    return row["status"], row["error"]
 
 
 async def test_a_failing_batch_fails_its_videos_and_the_stage_goes_on(
-    models: ModelPaths, pool: asyncpg.Pool, ledger: Ledger
+    embedder: TextEmbedder, pool: asyncpg.Pool, ledger: Ledger
 ) -> None:
-    broken = BrokenEmbedder(EmbedderOptions(str(models.embedding)))
-    poisoned = TranscribedVideo(
-        VideoJob("bad", "http://x/bad"), 1, (Chunk(0, 0, 1, "poison"),), "m", (), Decision("off")
-    )
-    async with pool.acquire() as conn:
-        await conn.execute("INSERT INTO videos (id, url) VALUES ('bad', 'http://x/bad')")
+    await insert_videos(pool, "bad")
     rules = BatchRules(max_chunks=1, max_wait_s=60)
-    batches = await run_stage([poisoned, video("good", 1)], broken, rules, ledger)
+    batches = await run_stage(
+        [poisoned("bad"), video("good", 1)], Refusing(embedder), rules, ledger
+    )
     assert [[e.video.job.video_id for e in b] for b in batches] == [["good"]]
-    assert ledger.failures == [("bad", "embed: encoder exploded")]
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT status, error FROM videos WHERE id = 'bad'")
-    assert (row["status"], row["error"]) == ("failed", "embed: encoder exploded")
+    assert list(ledger.failures) == [("bad", "embed: encoder exploded")]
+    assert await video_status(pool, "bad") == ("failed", "embed: encoder exploded")
+
+
+async def test_only_the_video_the_model_refuses_fails_its_batch(
+    embedder: TextEmbedder, pool: asyncpg.Pool, ledger: Ledger
+) -> None:
+    await insert_videos(pool, "bad")
+    videos = [video("a", 2), video("b", 3), poisoned("bad"), video("d", 1), video("e", 2)]
+    refusing = Refusing(embedder)
+    (batch,) = await run_stage(videos, refusing, BatchRules(1000, 60), ledger)
+    assert [e.video.job.video_id for e in batch] == ["a", "b", "d", "e"]
+    for embedded in batch:
+        alone = embedder.encode([c.text for c in embedded.video.chunks])
+        assert np.allclose(alone, embedded.embeddings, atol=1e-4)
+    assert list(ledger.failures) == [("bad", "embed: encoder exploded")]
+    assert await video_status(pool, "bad") == ("failed", "embed: encoder exploded")
+    assert ledger.counters.failed == 1
+    assert len(refusing.sizes) <= 2 * math.ceil(math.log2(len(videos))) + 1  # bisected
+
+
+async def test_every_refused_video_fails_and_the_rest_arrive(
+    embedder: TextEmbedder, pool: asyncpg.Pool, ledger: Ledger
+) -> None:
+    await insert_videos(pool, "bad1", "bad2")
+    videos = [poisoned("bad1"), video("a", 1), video("b", 2), poisoned("bad2"), video("c", 1)]
+    batches = await run_stage(videos, Refusing(embedder), BatchRules(1000, 60), ledger)
+    assert [[e.video.job.video_id for e in b] for b in batches] == [["a", "b", "c"]]
+    assert [video_id for video_id, _ in ledger.failures] == ["bad1", "bad2"]
+    for bad in ("bad1", "bad2"):
+        assert await video_status(pool, bad) == ("failed", "embed: encoder exploded")
+
+
+async def test_a_batch_of_only_refused_videos_sends_nothing(
+    embedder: TextEmbedder, pool: asyncpg.Pool, ledger: Ledger
+) -> None:
+    await insert_videos(pool, "bad1", "bad2")
+    batches = await run_stage(
+        [poisoned("bad1"), poisoned("bad2")], Refusing(embedder), BatchRules(1000, 60), ledger
+    )
+    assert batches == []
+    assert [video_id for video_id, _ in ledger.failures] == ["bad1", "bad2"]
+
+
+async def test_batches_stay_full_while_the_encoder_is_slow(
+    embedder: TextEmbedder, ledger: Ledger
+) -> None:
+    """Videos arrive faster than the encoder takes them: each batch is what arrived during the
+    previous encode, up to the limit, not what arrived within the short wait."""
+    slow = Refusing(embedder, delay_s=0.1)
+    rules = BatchRules(max_chunks=30, max_wait_s=0.02)
+    send, receive = anyio.create_memory_object_stream[TranscribedVideo](1)
+    out_send, out_receive = anyio.create_memory_object_stream[EmbeddedBatch](100)
+
+    async def produce() -> None:
+        async with send:
+            for i in range(60):
+                await send.send(video(f"v{i}", 3))
+                await asyncio.sleep(0.005)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(produce())
+        tg.create_task(embed_stage(receive, out_send, embedder=slow, rules=rules, ledger=ledger))
+    async with out_receive:
+        arrived = [e.video.job.video_id async for b in out_receive for e in b]
+    assert arrived == [f"v{i}" for i in range(60)]
+    # The first batch is flushed by the timer while the encoder is idle, as it should be.
+    steady = slow.sizes[1:-1]
+    assert steady and all(30 * 0.8 <= size <= 30 + 3 for size in steady), slow.sizes
+
+
+async def test_a_full_batch_waiting_for_the_encoder_holds_upstream_back(
+    embedder: TextEmbedder, ledger: Ledger
+) -> None:
+    stuck = Refusing(embedder)
+    stuck.gate.clear()
+    send, receive = anyio.create_memory_object_stream[TranscribedVideo](10)
+    out_send, out_receive = anyio.create_memory_object_stream[EmbeddedBatch](10)
+    async with send:
+        for i in range(10):
+            send.send_nowait(video(f"v{i}", 3))
+    rules = BatchRules(max_chunks=3, max_wait_s=60)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(embed_stage(receive, out_send, embedder=stuck, rules=rules, ledger=ledger))
+        assert await asyncio.to_thread(stuck.called.wait, 10)
+        await asyncio.sleep(0.2)
+        # v0 is being encoded and v1 fills the next batch: the other eight stay upstream.
+        assert receive.statistics().current_buffer_used == 8
+        stuck.gate.set()
+    async with out_receive:
+        assert [[e.video.job.video_id for e in b] async for b in out_receive] == [
+            [f"v{i}"] for i in range(10)
+        ]
