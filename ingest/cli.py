@@ -7,11 +7,13 @@ import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from db.corpus import EmbeddingModelMismatch
 from db.sites import SitePause
@@ -23,13 +25,16 @@ from ingest.config import ConfigError, Device, LogFormat, LogLevel, Settings, lo
 from ingest.daemon import daemon as run_daemon
 from ingest.daemon import parse_interval
 from ingest.database import DatabaseUnavailable, open_database
+from ingest.event_loop import loop_factory
 from ingest.ledger import Ledger
 from ingest.logging import configure_logging
 from ingest.models import ModelLoadError
 from ingest.pipeline import Pipeline
 from ingest.progress import clock, live_progress, summary
+from ingest.search import Result, search_options
 from ingest.search import search as run_search
-from ingest.shutdown import Shutdown
+from ingest.serve import serve as run_serve
+from ingest.shutdown import Shutdown, exit_process
 from ingest.speakers import EnrollError
 from ingest.speakers import enroll as run_enroll
 from ingest.speakers import profiles as run_profiles
@@ -101,7 +106,8 @@ def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=loop_factory(load_settings().event_loop)) as runner:
+        return runner.run(coro)
 
 
 @app.command()
@@ -283,29 +289,65 @@ def search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
     k: Annotated[int, typer.Option("-k", min=1, help="How many chunks to show.")] = 10,
+    mode: Annotated[
+        str, typer.Option(help="hybrid (meaning and words), vector (meaning) or text (words).")
+    ] = "hybrid",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     speaker: Annotated[str | None, typer.Option(help="Only chunks of this speaker.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Only videos of this channel.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only videos this source lists.")] = None,
+    video: Annotated[str | None, typer.Option(help="Only this video (its id).")] = None,
+    after: Annotated[datetime | None, typer.Option(help="Uploaded on or after (UTC).")] = None,
+    before: Annotated[datetime | None, typer.Option(help="Uploaded before (UTC).")] = None,
+    one_per_video: Annotated[
+        bool, typer.Option("--one-per-video", help="Only the best chunk of each video.")
+    ] = False,
     embedding_model: Annotated[
         str | None, typer.Option(help="The corpus's embedding model.")
     ] = None,
 ) -> None:
-    """The chunks closest in meaning to QUERY, with a link to the second each starts."""
+    """The chunks that best match QUERY, with a link to the second each starts."""
     with _usage_errors():
         settings = _settings(ctx, embedding_model=embedding_model)
-        results = _run(run_search(query, settings, k=k, speaker=speaker))
+        options = search_options(
+            k=k, mode=mode, speaker=speaker, channel=channel, source=source, video=video,
+            after=after, before=before, one_per_video=one_per_video,
+        )  # fmt: skip
+        results = _run(run_search(query, settings, options))
     if as_json:
         out.print_json(json.dumps([r.as_json() for r in results]))
         return
     for r in results:
-        hit = r.hit
-        speaker = f" [{hit.speaker}]" if hit.speaker else ""
-        source = f"  ({hit.transcript_source})" if hit.transcript_source else ""
-        out.print(
-            f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "
-            f"{clock(hit.start_s)}-{clock(hit.end_s)}  {r.link}{source}\n    {hit.text}",
-            markup=False,
-            highlight=False,
-        )
+        out.print(_describe(r), highlight=False)
+
+
+def _describe(result: Result) -> Text:
+    """A result for a terminal: where it is, then its snippet with the matching words bold."""
+    hit = result.hit
+    speaker = f" [{hit.speaker}]" if hit.speaker else ""
+    source = f"  ({hit.transcript_source})" if hit.transcript_source else ""
+    line = Text(
+        f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "
+        f"{clock(hit.start_s)}-{clock(hit.end_s)}  {result.link}{source}\n    "
+    )
+    # ts_headline marks the matches with ** (odd pieces are matches).
+    for i, piece in enumerate(hit.snippet.split("**")):
+        line.append(piece, style="bold" if i % 2 else "")
+    return line
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    addr: Annotated[str | None, typer.Option(help="host:port to listen on.")] = None,
+    embedding_model: Annotated[
+        str | None, typer.Option(help="The corpus's embedding model.")
+    ] = None,
+) -> None:
+    """A read-only HTTP API: GET /search (the options of `search`), /status and /health."""
+    with _usage_errors():
+        settings = _settings(ctx, serve_addr=addr, embedding_model=embedding_model)
+        run_serve(settings)
 
 
 @app.command()
@@ -385,4 +427,9 @@ def doctor(
 
 
 def main() -> None:
-    app()
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as done:  # how typer ends every command
+        code = done.code
+    exit_process(code)
