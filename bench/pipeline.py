@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from bench.database import fresh_database
 from bench.results import Figure
-from bench.synthetic import Costs, SleepingAsr, SleepingDownloader, SleepingEmbedder
+from bench.synthetic import Costs, SleepingAsr, SleepingDownloader, SleepingEmbedder, all_speech
 from db.corpus import ensure_embedding_model
 from db.migrate import apply_migrations
 from db.pool import create_pool
@@ -129,7 +129,8 @@ async def run_synthetic(server_uri: str, costs: Costs, videos: int) -> Synthetic
             options = PipelineOptions(download, ChunkingOptions(10, 1000), batching)
             speakers = SpeakerAttributor(SpeakerOptions(mode="off"), None, None, [])
             workers = tuple(
-                GpuWorker(SleepingAsr(costs), speakers) for _ in range(costs.asr_workers)
+                GpuWorker(SleepingAsr(costs), speakers, vad=all_speech)
+                for _ in range(costs.asr_workers)
             )
             embedder = MeteredEmbedder(costs)
             models = Models(workers=workers, embedder=embedder)

@@ -70,6 +70,13 @@ class SleepingAsr(AsrModel):
         ]
 
 
+def all_speech(audio: Waveform) -> list[Span]:
+    """The stand-in's voice activity: all of it. SleepingAsr's cost per audio second stands for
+    the whole recognition, voice activity detection included, as faster-whisper's batched
+    pipeline (which runs it internally) costs."""
+    return [(0.0, duration_s(audio))]
+
+
 class SleepingEmbedder(TextEmbedder):
     def __init__(self, costs: Costs, dimension: int = 384) -> None:
         self.options = EmbedderOptions(model="synthetic")

@@ -18,7 +18,7 @@ from ingest.ledger import Ledger
 from ingest.messages import AudioFile, TranscribedVideo
 from ingest.metrics import Metrics
 from ingest.models import GpuWorker
-from workers.asr import Waveform, decode_audio, detect_speech, duration_s, regions_of
+from workers.asr import Waveform, decode_audio, duration_s, regions_of
 from workers.audio import check_complete, stated_duration, too_long
 from workers.chunking import ChunkingOptions, chunk_segments
 
@@ -179,7 +179,7 @@ def _infer(
     # One voice-activity pass serves speech recognition, the host check and the clustering
     # diarizer.
     listens = models.speakers.on or captions is None
-    speech = _step("vad", timings, metrics, detect_speech, waveform) if listens else []
+    speech = _step("vad", timings, metrics, models.vad, waveform) if listens else []
     regions = regions_of(speech)
     decision = _step("speaker_check", timings, metrics, models.speakers.decide, waveform, regions)
     if captions is None:
