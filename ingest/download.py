@@ -277,14 +277,20 @@ async def _fetch(
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
 
-    def attempt() -> asyncio.Future[Fetched]:
-        return loop.run_in_executor(downloader.executor, downloader.download, job)
+    site = site_of(job.url)
+
+    async def attempt() -> Fetched:
+        try:
+            return await loop.run_in_executor(downloader.executor, downloader.download, job)
+        except Exception as exc:
+            if classify(exc).kind == "transient" and not downloader.cancelled:
+                governor.check_burst(site, exc)
+            raise
 
     async def tries() -> Fetched:
         return await retry_transient(downloader.options.retry, "download", attempt)
 
     try:
-        site = site_of(job.url)
         await governor.pace(site)
         fetched = await governed(governor, site, tries, hand_back=True)
     except SitePaused:  # claimed again once the site reopens, its attempt not spent

@@ -6,9 +6,10 @@
 - needs_user: the site wants something only the user can give: a sign-in or age check (cookies,
   or credentials for an HTTP 401), fresh cookies, a JavaScript runtime, a PO token. The site is
   paused for the rest of the run and `fix` says what to configure; the video stays to do.
-- throttled: the site says "slow down" (HTTP 429, the bot check, "try again later"). The whole
-  site pauses for `retry_after_s` (the server's Retry-After) or else a backoff; the video waits
-  and is tried again without spending one of its attempts.
+- throttled: the site says "slow down" (HTTP 429, a 503 with Retry-After, the bot check, "try
+  again later", one-off errors coming in a burst: see ingest.throttle). The whole site pauses
+  for `retry_after_s` (the server's Retry-After) or else a backoff; the video is handed back
+  and tried again without spending one of its attempts.
 - transient: a one-off network or server error (timeouts, resets, HTTP 5xx, YouTube's expired
   media URLs): retried with backoff, a bounded number of times.
 - not_yet: an upcoming premiere or a live stream: skipped, and looked at again by a later
@@ -80,6 +81,7 @@ _BY_CLASS: dict[str, tuple[Kind, str]] = {
     "GeoRestrictedError": ("permanent", "geo-restricted: not available from this location"),
     "UserNotLive": ("not_yet", "the channel is not live yet"),
     "DownloadCancelled": ("transient", "download cancelled"),
+    "FailureBurst": ("throttled", ""),  # ingest.throttle: one-off errors that keep coming
 }
 
 # Matched in order against the chain's lower-cased text; the first rule that matches decides.
@@ -227,6 +229,8 @@ def _by_status(chain: Sequence[BaseException], text: str) -> Failure | None:
         return Failure("transient", "HTTP 403 from YouTube (an expired media URL)")
     if status == 401:  # the server asks who we are: only the user's credentials change that
         return Failure("needs_user", "HTTP 401: the server wants a signed-in user", LOGIN_FIX)
+    if status == 503 and _retry_after(chain) is not None:  # "come back in N s": throttling
+        return Failure("throttled", "HTTP 503 with Retry-After")
     if status == 408 or status >= 500:
         return Failure("transient", f"HTTP {status}: server error")
     if status >= 400:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -53,6 +54,14 @@ class SitePaused(Exception):
         self.site = site
 
 
+class FailureBurst(Exception):
+    """One-off errors (connection resets, 5xx) from one site, too many too close together: a
+    server shedding load, or a network that drops bulk clients. Throttling, not bad luck."""
+
+    def __init__(self, site: str, count: int, window_s: float) -> None:
+        super().__init__(f"{count} network or server errors from {site} within {window_s:.0f} s")
+
+
 class ThrottleStopped(Exception):
     """The run is stopping: requests waiting for a paused site give up."""
 
@@ -63,6 +72,8 @@ class ThrottleOptions:
     max_s: float = 1800.0  # the longest pause, whatever the streak or the server says
     jitter: float = 0.2  # a pause is stretched by up to this fraction, so replicas spread out
     videos_per_hour: float = 0.0  # downloads started per site and hour; 0: no cap
+    burst: int = 5  # transient failures of one site within `burst_window_s` that pause it
+    burst_window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +99,7 @@ class _Site:
     blocked: Failure | None = None
     paused_at: float | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    failures: deque[float] = field(default_factory=deque)  # transient ones, since the last answer
 
     def wake(self) -> None:
         self.changed.set()
@@ -201,11 +213,23 @@ class Governor:
         pause *= 1 + random.uniform(0, self.options.jitter)  # noqa: S311 - not cryptography
         return min(pause, self.options.max_s)
 
+    def check_burst(self, site: str, exc: Exception) -> None:
+        """Counts a transient failure of `site`; raises FailureBurst (throttling) from `exc` when
+        `burst` of them came within `burst_window_s` with no request answered in between."""
+        state, now = self._state(site), self.clock()
+        state.failures.append(now)
+        while state.failures and state.failures[0] < now - self.options.burst_window_s:
+            state.failures.popleft()
+        # Kept after a burst: while they go on, each failure (the probe's too) is one more.
+        if len(state.failures) >= self.options.burst:
+            raise FailureBurst(site, len(state.failures), self.options.burst_window_s) from exc
+
     def answered(self, site: str) -> bool:
         """A request to `site` went through (or failed for another reason): the site is open.
         True when this ended a pause."""
         state = self._state(site)
         state.streak = 0
+        state.failures.clear()
         if state.paused_at is None:
             return False
         paused_s = self.clock() - state.paused_at

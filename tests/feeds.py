@@ -22,7 +22,8 @@ class Item:
     file: str  # path under the served folder (need not exist: a 404), or a whole URL
 
 
-# Decides a request's answer instead of the file: (status, headers), or None to serve the file.
+# Decides a request's answer instead of the file: (status, headers), or None to serve the file;
+# status 0 hangs up without an answer, as a server dropping connections does.
 Gate = Callable[[str], tuple[int, dict[str, str]] | None]
 
 
@@ -39,6 +40,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         if answer is None:
             return super().send_head()
         status, headers = answer
+        if status == 0:
+            self.close_connection = True
+            return None
         self.send_response(status)
         for name, value in {"Content-Length": "0", **headers}.items():
             self.send_header(name, value)

@@ -348,9 +348,14 @@ def test_retry_after_is_read_through_the_whole_chain() -> None:
     assert classify(raised.value) == Failure("throttled", "HTTP 429 Too Many Requests", "", 7.0)
 
 
-def test_retry_after_only_for_throttling() -> None:
+def test_a_503_that_says_when_to_come_back_is_throttling() -> None:
+    # RFC 9110: Retry-After on a 503 is how long the service expects to be unavailable; the
+    # whole site waits, rather than each video spending its retries.
     unavailable = webpage_error(503, "https://example.org/", "generic", {"Retry-After": "30"})
-    assert classify(unavailable) == Failure("transient", "HTTP 503: server error")
+    assert classify(unavailable) == Failure("throttled", "HTTP 503 with Retry-After", "", 30.0)
+    assert classify(webpage_error(503, "https://example.org/", "generic")).kind == "transient"
+    error = webpage_error(500, "https://example.org/", "generic", {"Retry-After": "30"})
+    assert classify(error) == Failure("transient", "HTTP 500: server error")
 
 
 def test_parse_retry_after() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ class TooManyRequests(Exception):
         return "HTTP Error 429: Too Many Requests"
 
 
-def governor(**options: float) -> Governor:
+def governor(**options: Any) -> Governor:
     return Governor(ThrottleOptions(**{"initial_s": 0.2, "jitter": 0.0, **options}))
 
 
@@ -173,3 +174,23 @@ async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> N
     with pytest.raises(SitePaused):
         await governed(gov, "x.org", request, hand_back=True)
     assert calls == 1 and gov.site_status("x.org").paused
+
+
+def test_transient_failures_in_a_burst_are_throttling_until_a_request_is_answered() -> None:
+    from ingest.errors import classify
+    from ingest.throttle import FailureBurst
+
+    now = [0.0]
+    gov = Governor(ThrottleOptions(burst=3, burst_window_s=10.0), clock=lambda: now[0])
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    gov.check_burst("x.org", reset)
+    now[0] += 11  # the first has left the window
+    gov.check_burst("x.org", reset)
+    gov.check_burst("x.org", reset)
+    with pytest.raises(FailureBurst) as burst:
+        gov.check_burst("x.org", reset)
+    assert classify(burst.value).kind == "throttled"
+    with pytest.raises(FailureBurst):  # the probe of the pause fails too: still a burst
+        gov.check_burst("x.org", reset)
+    gov.answered("x.org")
+    gov.check_burst("x.org", reset)  # an answer ended it

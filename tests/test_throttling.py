@@ -23,6 +23,7 @@ class Throttler:
 
     after: int
     window_s: float
+    hang_up: bool = False  # drop the connection instead of answering 429
     requests: int = 0
     started: float | None = None
     during: list[float] = field(default_factory=list)  # when requests came during the window
@@ -39,6 +40,8 @@ class Throttler:
             if self.started is None or now - self.started >= self.window_s:
                 return None
             self.during.append(now - self.started)
+            if self.hang_up:
+                return 0, {}
             left = math.ceil(self.window_s - (now - self.started))
             return 429, {"Retry-After": str(left)}
 
@@ -73,6 +76,25 @@ def test_a_throttling_server_pauses_every_download_and_fails_none(
     # the start of the window: not eight downloaders knocking for a minute.
     assert len(throttler.during) <= 2 * 8, throttler.during
     assert max(throttler.during) < 4.0, throttler.during
+
+
+def test_connections_dropped_in_a_burst_pause_the_site_instead_of_failing_videos(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    items = fill(site, [speech.short, speech.medium], 8)
+    dropper = Throttler(after=3, window_s=6.0, hang_up=True)
+    env = {**ingest_env, "INGEST_RETRY_BACKOFF_SECONDS": "0.1",
+           "INGEST_THROTTLE_INITIAL_SECONDS": "3"}  # fmt: skip
+    with serve(site, gate=dropper) as base:
+        result = ingest(env, "backfill", write_feed(site, base, items))
+    assert result.returncode == 0, result.stderr
+    assert "8 done, 0 failed of 8 videos" in result.stdout
+    assert "throttled by 127.0.0.1" in result.stdout
+    assert set(asyncio.run(statuses(database_url)).values()) == {("done", 1)}
+    # Without the pause each video would have spent its three tries inside the window.
+    assert len(dropper.during) < 3 * 8, dropper.during
 
 
 def sign_in(path: str) -> tuple[int, dict[str, str]] | None:
