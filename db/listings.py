@@ -23,6 +23,9 @@ async def record_listing(
     A `full` one (the whole source, not its newest videos only) is dated, on the database's
     clock, so that a daemon knows when to list the source in full again."""
     async with conn.transaction():
+        # One writer per source at a time: two replicas listing a new source together would
+        # otherwise both find nothing to delete and collide on its positions.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", source)
         await conn.execute("DELETE FROM listings WHERE source = $1", source)
         await conn.copy_records_to_table(
             "listings",
@@ -51,7 +54,6 @@ async def prepend(conn: asyncpg.Connection, source: str, ids: Sequence[str]) -> 
     """Puts `ids` (newest first) before everything in `source`'s listing, leaving out those
     already in it; returns how many were added."""
     async with conn.transaction():
-        # One writer per source at a time: another replica's poll may be prepending too.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", source)
         new = [i for i in dict.fromkeys(ids) if i not in await known(conn, source, ids)]
         if not new:

@@ -179,3 +179,20 @@ async def test_a_source_of_a_site_waiting_for_the_user_is_not_claimed(pool: asyn
     stop = asyncio.Event()
     jobs = claims.jobs(["https://a.org/feed", "https://b.org/feed"], stop, closed=closed(governor))
     assert [job.video_id async for job in jobs] == ["b1"]
+
+
+async def test_two_replicas_recording_a_new_listing_at_once_do_not_collide(
+    pool: asyncpg.Pool,
+) -> None:
+    from db.videos import DiscoveredVideo, record_discovered
+
+    ids = [f"v{i}" for i in range(2000)]
+    async with pool.acquire() as conn:
+        await record_discovered(conn, [DiscoveredVideo(i, f"https://x.org/{i}") for i in ids])
+
+    async def record(order: list[str]) -> None:
+        async with pool.acquire() as conn:
+            await listings.record_listing(conn, "s", order)
+
+    await asyncio.gather(record(ids), record(ids[::-1]))
+    assert await stored(pool, "s") in (ids, ids[::-1])
