@@ -84,9 +84,9 @@ async def _refresh(source: str, run: Session, plan: ListingPlan) -> int | Source
 async def _list_as_planned(source: str, run: Session, plan: ListingPlan) -> int:
     key = source_key(source)
     local = "://" not in key  # a file or folder: listing it costs nothing
-    state = await run.db.run(lambda conn: listings.poll_state(conn, key))
     if local or (plan.want is None and plan.full_every_s is None):
         return await _full(source, key, run)
+    state = await run.db.run(lambda conn: listings.poll_state(conn, key))
     if plan.full_every_s is not None:
         stale = state.full_age_s is None or state.full_age_s >= plan.full_every_s
         if not state.listed or stale:

@@ -49,6 +49,14 @@ class FeedRequests:
         return count
 
 
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """The served folder of a test's feed."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    return folder
+
+
 def session(pool: asyncpg.Pool, tmp_path: Path) -> Session:
     settings = Settings(data_dir=tmp_path / "data", ytdlp_sleep_requests=0)
     db = Database(pool)
@@ -73,10 +81,8 @@ def touch_later(path: Path) -> None:
 
 
 async def test_a_daemon_poll_lists_only_what_is_new_and_asks_the_feed_conditionally(
-    pool: asyncpg.Pool, tmp_path: Path
+    pool: asyncpg.Pool, tmp_path: Path, site: Path
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
     requests = FeedRequests()
     run = session(pool, tmp_path)
     with serve(site, gate=requests) as base:
@@ -100,10 +106,8 @@ async def test_a_daemon_poll_lists_only_what_is_new_and_asks_the_feed_conditiona
 
 
 async def test_a_full_listing_is_taken_when_the_last_is_older_than_the_interval(
-    pool: asyncpg.Pool, tmp_path: Path
+    pool: asyncpg.Pool, tmp_path: Path, site: Path
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
     run = session(pool, tmp_path)
     with serve(site) as base:
         feed = write_feed(site, base, items("b", "a"))
@@ -123,10 +127,8 @@ async def test_a_full_listing_is_taken_when_the_last_is_older_than_the_interval(
 
 
 async def test_a_window_of_nothing_but_new_videos_falls_back_to_a_full_listing(
-    pool: asyncpg.Pool, tmp_path: Path
+    pool: asyncpg.Pool, tmp_path: Path, site: Path
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
     run = session(pool, tmp_path)
     old = [f"old{i}" for i in range(3)]
     new = [f"new{i}" for i in range(WINDOW + 5)]
@@ -140,10 +142,8 @@ async def test_a_window_of_nothing_but_new_videos_falls_back_to_a_full_listing(
 
 
 async def test_limit_lists_a_window_and_widens_it_only_when_needed(
-    pool: asyncpg.Pool, tmp_path: Path
+    pool: asyncpg.Pool, tmp_path: Path, site: Path
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
     run = session(pool, tmp_path)
     guids = [f"v{i}" for i in range(3000)]
     with serve(site) as base:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import Speech
-from tests.feeds import fill, serve, write_feed
+from tests.feeds import Gate, fill, serve, write_feed
 from tests.test_backfill import fetch, ingest
 
 
@@ -51,6 +52,21 @@ async def statuses(database_url: str) -> dict[str, tuple[str, int]]:
     return {r["id"]: (r["status"], r["attempts"]) for r in rows}
 
 
+def gated_backfill(
+    folder: Path, sources: list[Path], count: int, env: dict[str, str], gate: Gate
+) -> subprocess.CompletedProcess[str]:
+    """`ingest backfill` of a feed of `count` copies of `sources`, served as `gate` says."""
+    folder.mkdir()
+    items = fill(folder, sources, count)
+    with serve(folder, gate=gate) as base:
+        return ingest(env, "backfill", write_feed(folder, base, items))
+
+
+def paused_line(result: subprocess.CompletedProcess[str]) -> str:
+    (paused,) = [line for line in result.stdout.splitlines() if "paused" in line]
+    return paused
+
+
 def test_a_throttling_server_pauses_every_download_and_fails_none(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
 ) -> None:
@@ -81,14 +97,11 @@ def test_a_throttling_server_pauses_every_download_and_fails_none(
 def test_connections_dropped_in_a_burst_pause_the_site_instead_of_failing_videos(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    items = fill(site, [speech.short, speech.medium], 8)
     dropper = Throttler(after=3, window_s=6.0, hang_up=True)
     env = {**ingest_env, "INGEST_RETRY_BACKOFF_SECONDS": "0.1",
            "INGEST_THROTTLE_INITIAL_SECONDS": "3"}  # fmt: skip
-    with serve(site, gate=dropper) as base:
-        result = ingest(env, "backfill", write_feed(site, base, items))
+    voices = [speech.short, speech.medium]
+    result = gated_backfill(tmp_path / "site", voices, 8, env, dropper)
     assert result.returncode == 0, result.stderr
     assert "8 done, 0 failed of 8 videos" in result.stdout
     assert "throttled by 127.0.0.1" in result.stdout
@@ -105,14 +118,10 @@ def sign_in(path: str) -> tuple[int, dict[str, str]] | None:
 def test_a_server_that_asks_to_sign_in_pauses_its_videos_and_says_how(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    items = fill(site, [speech.short], 4)
-    with serve(site, gate=sign_in) as base:
-        result = ingest(ingest_env, "backfill", write_feed(site, base, items))
+    result = gated_backfill(tmp_path / "site", [speech.short], 4, ingest_env, sign_in)
     assert result.returncode == 1, result.stderr
     assert "0 done, 0 failed of 4 videos" in result.stdout
-    (paused,) = [line for line in result.stdout.splitlines() if "paused" in line]
+    paused = paused_line(result)
     assert paused.startswith("127.0.0.1 paused, its videos left to do: HTTP 401"), paused
     assert "INGEST_COOKIES_FILE" in paused and "--netrc" in paused
     assert set(asyncio.run(statuses(database_url)).values()) == {("discovered", 0)}
@@ -129,14 +138,10 @@ def cloudflare_challenge(path: str) -> tuple[int, dict[str, str]] | None:
 def test_a_site_that_needs_the_user_is_paused_and_says_what_to_do(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    items = fill(site, [speech.short], 5)
-    with serve(site, gate=cloudflare_challenge) as base:
-        result = ingest(ingest_env, "backfill", write_feed(site, base, items))
+    result = gated_backfill(tmp_path / "site", [speech.short], 5, ingest_env, cloudflare_challenge)
     assert result.returncode == 1, result.stderr
     assert "0 done, 0 failed of 5 videos" in result.stdout
-    (paused,) = [line for line in result.stdout.splitlines() if "paused" in line]
+    paused = paused_line(result)
     assert paused.startswith("127.0.0.1 paused, its videos left to do: Cloudflare")
     assert "INGEST_YTDLP_EXTRACTOR_ARGS='generic:impersonate'" in paused
     assert set(asyncio.run(statuses(database_url)).values()) == {("discovered", 0)}
