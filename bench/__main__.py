@@ -12,7 +12,7 @@ from rich.console import Console
 from bench import claims, downloads, gpu, models, pipeline, search, sink
 from bench.database import server
 from bench.results import Figure, show, write
-from ingest.logging import configure_logging
+from ingest.infrastructure.logging import configure_logging
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

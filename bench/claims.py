@@ -24,13 +24,13 @@ from db.listings import known, record_listing
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from db.videos import DiscoveredVideo, record_discovered
-from ingest.claims import Claims
-from ingest.config import Settings
-from ingest.discovery import ListingPlan, discover
-from ingest.retry import Database
-from ingest.runner import Session
-from ingest.shutdown import Shutdown
-from ingest.throttle import Governor
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.retry import Database
+from ingest.infrastructure.shutdown import Shutdown
+from ingest.infrastructure.throttle import Governor
+from ingest.orchestration.claims import Claims
+from ingest.orchestration.discovery import ListingPlan, discover
+from ingest.orchestration.runner import Session
 
 SOURCE = "https://example.org/@channel/videos"
 CLAIMS = 500

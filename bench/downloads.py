@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bench.pipeline import write_template
 from bench.results import Figure
-from ingest.download import Downloader, DownloadOptions
-from ingest.messages import VideoJob
+from ingest.stages.download import Downloader, DownloadOptions
+from ingest.stages.messages import VideoJob
 from tests.feeds import serve
 
 

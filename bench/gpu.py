@@ -38,11 +38,11 @@ from rich.console import Console
 
 from bench.database import fresh_database, server
 from bench.results import Figure, show, write
-from ingest.backfill import backfill
-from ingest.config import Settings, cuda_device_count
-from ingest.gpu import GpuSampler
-from ingest.logging import configure_logging
-from ingest.metrics import Metrics
+from ingest.infrastructure.config import Settings, cuda_device_count
+from ingest.infrastructure.gpu import GpuSampler
+from ingest.infrastructure.logging import configure_logging
+from ingest.infrastructure.metrics import Metrics
+from ingest.orchestration.backfill import backfill
 from tests.speech import SENTENCES, speak, wav_seconds
 from tests.standins import (
     DISTIL_LARGE_V3,

@@ -23,15 +23,15 @@ from bench.synthetic import Costs, SleepingAsr, SleepingDownloader, SleepingEmbe
 from db.corpus import ensure_embedding_model
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from ingest.config import Settings, load_settings
-from ingest.download import DownloadOptions
-from ingest.embed import BatchRules
-from ingest.event_loop import loop_factory, resolve
-from ingest.ledger import Ledger
-from ingest.messages import VideoJob
-from ingest.models import GpuWorker, Models
-from ingest.pipeline import Pipeline, PipelineOptions
-from ingest.retry import Database
+from ingest.infrastructure.config import Settings, load_settings
+from ingest.infrastructure.event_loop import loop_factory, resolve
+from ingest.infrastructure.models import GpuWorker, Models
+from ingest.infrastructure.retry import Database
+from ingest.orchestration.pipeline import Pipeline, PipelineOptions
+from ingest.stages.download import DownloadOptions
+from ingest.stages.embed import BatchRules
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import VideoJob
 from workers.chunking import ChunkingOptions
 from workers.speakers import SpeakerAttributor, SpeakerOptions
 

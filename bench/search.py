@@ -25,7 +25,7 @@ from db.corpus import ensure_embedding_model, ensure_search_index
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from db.search import Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
-from ingest.config import Settings
+from ingest.infrastructure.config import Settings
 
 DIM = 384
 CHUNKS_PER_VIDEO = 100

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from db.videos import DiscoveredVideo
-from ingest.download import Downloader, DownloadOptions, Fetched, audio_stem
-from ingest.messages import VideoJob
+from ingest.stages.download import Downloader, DownloadOptions, Fetched, audio_stem
+from ingest.stages.messages import VideoJob
 from workers.asr import AsrModel, AsrOptions, Span, Waveform, duration_s
 from workers.chunking import Segment
 from workers.embedder import EmbedderOptions, TextEmbedder

@@ -33,7 +33,7 @@ TEXT_MATCHES = 2000
 class SearchFilters:
     speaker: str | None = None
     channel: str | None = None
-    source: str | None = None  # a source as its listing is stored (`ingest.sources.source_key`)
+    source: str | None = None  # a source as stored (`ingest.stages.sources.source_key`)
     video_id: str | None = None
     published_after: datetime | None = None  # inclusive
     published_before: datetime | None = None  # exclusive

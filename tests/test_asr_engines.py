@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from ingest.config import Settings
-from ingest.models import AsrEngineChoice, choose_asr_engine, load_asr
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.models import AsrEngineChoice, choose_asr_engine, load_asr
 from tests import standins
 from tests.conftest import ModelPaths, Speech
 from workers.asr import AsrModel, AsrOptions, decode_audio, duration_s
@@ -78,7 +78,7 @@ def test_auto_picks_faster_whisper_where_ctranslate2_runs(
     explicit = choose_asr_engine(settings(device="cpu", asr_engine="transformers"))
     assert explicit == AsrEngineChoice("transformers", "INGEST_ASR_ENGINE=transformers")
 
-    monkeypatch.setattr("ingest.models.cuda_device_count", lambda: 0)
+    monkeypatch.setattr("ingest.infrastructure.models.cuda_device_count", lambda: 0)
     on_gpu = choose_asr_engine(settings(device="cuda", asr_model="distil-large-v3"))
     assert on_gpu == AsrEngineChoice("transformers", "CTranslate2 sees no CUDA device")
 
@@ -88,7 +88,7 @@ def test_auto_avoids_ctranslate2_without_its_cuda_libraries(
 ) -> None:
     found = CudaLibrary("cuBLAS 12", "system", True, ("libcublas.so.12",))
     missing = CudaLibrary("cuDNN 9", None, error="pip install nvidia-cudnn-cu12==9.*")
-    monkeypatch.setattr("ingest.models.cuda_device_count", lambda: 2)
+    monkeypatch.setattr("ingest.infrastructure.models.cuda_device_count", lambda: 2)
     monkeypatch.setattr("workers.cuda_libs.preload_cuda_libraries", lambda: (found, missing))
     chosen = choose_asr_engine(settings(device="cuda", asr_model="large-v3-turbo"))
     assert chosen.engine == "transformers" and "cuDNN 9 missing" in chosen.reason

@@ -16,10 +16,10 @@ from db.leases import ClaimRules
 from db.listings import record_listing
 from db.sink import write_finished
 from db.videos import DiscoveredVideo, record_discovered
-from ingest.claims import Claims
-from ingest.ledger import Ledger
-from ingest.messages import VideoJob
-from ingest.retry import Database
+from ingest.infrastructure.retry import Database
+from ingest.orchestration.claims import Claims
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import VideoJob
 from tests.test_sink import DIM, finished
 
 pytestmark = pytest.mark.anyio

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import ConfigError, Settings, load_settings
-from ingest.ytdlp_options import ytdlp_params
+from ingest.infrastructure.config import ConfigError, Settings, load_settings
+from ingest.infrastructure.ytdlp_options import ytdlp_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,11 +21,11 @@ import pynvml
 import pytest
 import torch
 
-from ingest.config import Settings, cuda_device_count
-from ingest.doctor import check_cuda_libraries, gpu_summary, service_tables
-from ingest.gpu import GpuSampler
-from ingest.metrics import Metrics
-from ingest.models import AsrEngineChoice
+from ingest.infrastructure.config import Settings, cuda_device_count
+from ingest.infrastructure.gpu import GpuSampler
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.models import AsrEngineChoice
+from ingest.orchestration.doctor import check_cuda_libraries, gpu_summary, service_tables
 from tests.conftest import pg_folder
 from tests.observing import free_port
 from tests.pgtcp import TcpPostgres, tcp_postgres
@@ -351,7 +351,7 @@ def test_each_gpu_with_its_memory_and_the_driver() -> None:
 
 def test_cuda_libraries_of_the_chosen_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(_env_file=None, device="cuda")  # type: ignore[call-arg]
-    monkeypatch.setattr("ingest.doctor.cuda_device_count", lambda: 1)
+    monkeypatch.setattr("ingest.orchestration.doctor.cuda_device_count", lambda: 1)
     found = CudaLibrary("cuBLAS 12", "/site/nvidia/cublas/lib", True, ("libcublas.so.12",))
     missing = CudaLibrary("cuDNN 9", None, error="pip install nvidia-cudnn-cu12==9.*")
     monkeypatch.setattr("workers.cuda_libs.preload_cuda_libraries", lambda: (found, missing))

@@ -11,11 +11,11 @@ import anyio
 import asyncpg
 import pytest
 
-from ingest.download import Downloader, DownloadOptions, audio_stem, download_stage
-from ingest.ledger import Ledger
-from ingest.messages import AudioFile, VideoJob
-from ingest.retry import Database
-from ingest.throttle import Governor
+from ingest.infrastructure.retry import Database
+from ingest.infrastructure.throttle import Governor
+from ingest.stages.download import Downloader, DownloadOptions, audio_stem, download_stage
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import AudioFile, VideoJob
 from tests.conftest import Speech
 from tests.feeds import serve
 from workers.asr import decode_audio
@@ -98,7 +98,7 @@ async def test_cancelling_stops_downloads_and_removes_partial_files(
 
 
 def test_error_messages_are_one_plain_line() -> None:
-    from ingest.ledger import describe_error
+    from ingest.infrastructure.errors import describe_error
 
     raw = RuntimeError("\x1b[0;31mERROR:\x1b[0m [generic] x: Unable to\n  download: HTTP 404")
     assert describe_error(raw) == "[generic] x: Unable to download: HTTP 404"

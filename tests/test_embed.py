@@ -14,10 +14,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ingest.embed import BatchRules, EmbeddedBatch, PendingBatch, embed_stage
-from ingest.ledger import Ledger
-from ingest.messages import TranscribedVideo, VideoJob
-from ingest.retry import Database
+from ingest.infrastructure.retry import Database
+from ingest.stages.embed import BatchRules, EmbeddedBatch, PendingBatch, embed_stage
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import TranscribedVideo, VideoJob
 from tests.conftest import ModelPaths
 from workers.chunking import Chunk
 from workers.embedder import EmbedderOptions, TextEmbedder

@@ -25,7 +25,7 @@ from yt_dlp.utils import (
     UserNotLive,
 )
 
-from ingest.errors import (
+from ingest.infrastructure.errors import (
     COOKIES_FIX,
     FORMATS_FIX,
     IMPERSONATE_FIX,
@@ -146,7 +146,7 @@ def test_permanent(error: BaseException) -> None:
 
 
 def test_corrupt_media_and_too_long_are_permanent() -> None:
-    from ingest.download import PermanentDownloadError
+    from ingest.stages.download import PermanentDownloadError
     from workers.audio import too_long
 
     corrupt = av.error.InvalidDataError(
@@ -299,7 +299,7 @@ def test_not_yet(error: BaseException) -> None:
 
 
 def test_live_streams_from_the_downloader_are_not_yet() -> None:
-    from ingest.download import NotYetAvailable
+    from ingest.stages.download import NotYetAvailable
 
     assert classify(NotYetAvailable("upcoming stream")) == Failure("not_yet", "upcoming stream")
 

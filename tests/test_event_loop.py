@@ -14,8 +14,8 @@ import pytest
 import uvloop
 from structlog.testing import capture_logs
 
-from ingest.config import ConfigError, EventLoop
-from ingest.event_loop import loop_factory
+from ingest.infrastructure.config import ConfigError, EventLoop
+from ingest.infrastructure.event_loop import loop_factory
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="uvloop is the default on Linux")
 

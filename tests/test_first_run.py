@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from db.embedded import start_embedded, stop_embedded
-from ingest.config import Settings
-from ingest.models import load_models
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.models import load_models
 from tests.conftest import ModelPaths, Speech
 from tests.observing import start
 from tests.speech import wav_seconds
@@ -161,7 +161,8 @@ def cached_pyannote(hf_home: Path) -> None:
 
 
 CHOOSE = (
-    "from ingest.config import load_settings; from ingest.models import choose_diarizer;"
+    "from ingest.infrastructure.config import load_settings;"
+    "from ingest.infrastructure.models import choose_diarizer;"
     "c = choose_diarizer(load_settings()); print(c.kind, c.explicit, c.reason)"
 )
 

@@ -19,8 +19,8 @@ import pynvml
 import pytest
 from structlog.testing import capture_logs
 
-from ingest.gpu import GpuSampler
-from ingest.metrics import Metrics
+from ingest.infrastructure.gpu import GpuSampler
+from ingest.infrastructure.metrics import Metrics
 from workers.cuda_libs import (
     CTRANSLATE2_LIBRARIES,
     Needed,
@@ -132,7 +132,7 @@ def test_no_library_or_driver_means_no_gpus_and_no_warning() -> None:
 
 
 def test_no_driver_where_cuda_sees_a_gpu_is_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ingest.gpu.cuda_device_count", lambda: 1)
+    monkeypatch.setattr("ingest.infrastructure.gpu.cuda_device_count", lambda: 1)
     with capture_logs() as logs:
         gpus = sampler(FakeNvml([], pynvml.NVMLError_LibraryNotFound()), None)
     assert gpus.read() == []

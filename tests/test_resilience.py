@@ -322,7 +322,7 @@ def test_an_outage_longer_than_the_lease_ends_with_each_video_done_once(
 
 
 def test_owner_of_a_dead_process_is_recognised() -> None:
-    from ingest.claims import is_dead_here, new_owner
+    from ingest.orchestration.claims import is_dead_here, new_owner
 
     me = new_owner()
     assert not is_dead_here(me)

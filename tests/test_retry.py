@@ -8,8 +8,13 @@ import asyncpg
 import pytest
 
 from db.videos import DiscoveredVideo, mark_skipped, record_discovered
-from ingest.download import Downloader, DownloadOptions, NotYetAvailable, PermanentDownloadError
-from ingest.retry import Database, RetryPolicy, is_transient, retry_transient
+from ingest.infrastructure.retry import Database, RetryPolicy, is_transient, retry_transient
+from ingest.stages.download import (
+    Downloader,
+    DownloadOptions,
+    NotYetAvailable,
+    PermanentDownloadError,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -28,8 +28,8 @@ from db.search import (
     search_language,
 )
 from db.sink import ChunkRow, FinishedVideo, write_finished
-from ingest.config import ConfigError, Settings, load_settings
-from ingest.search import Searcher, SearchOptions, search_options, search_upkeep
+from ingest.infrastructure.config import ConfigError, Settings, load_settings
+from ingest.orchestration.search import Searcher, SearchOptions, search_options, search_upkeep
 from tests import standins
 from workers.embedder import EmbedderOptions, TextEmbedder
 

@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from ingest.config import Settings, load_settings
-from ingest.serve import MAX_K, MAX_QUERY_CHARS, create_app
+from ingest.infrastructure.config import Settings, load_settings
+from ingest.orchestration.serve import MAX_K, MAX_QUERY_CHARS, create_app
 from tests.conftest import create_database
 from tests.test_search import MODEL, corpus_texts, fill
 from workers.embedder import EmbedderOptions, TextEmbedder

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from ingest.errors import Failure
-from ingest.throttle import Governor, SiteBlocked, ThrottleOptions, ThrottleStopped, governed
+from ingest.infrastructure.errors import Failure
+from ingest.infrastructure.throttle import (
+    Governor,
+    SiteBlocked,
+    ThrottleOptions,
+    ThrottleStopped,
+    governed,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -129,7 +135,7 @@ async def test_pacing_spaces_downloads_evenly() -> None:
 
 
 async def test_the_progress_display_says_who_throttles_and_when_the_next_try_is() -> None:
-    from ingest.progress import site_line
+    from ingest.orchestration.progress import site_line
 
     now = [1000.0]
     gov = Governor(ThrottleOptions(jitter=0.0), clock=lambda: now[0])
@@ -148,7 +154,7 @@ async def test_the_progress_display_says_who_throttles_and_when_the_next_try_is(
 
 
 async def test_a_download_that_meets_a_pause_gives_up_at_once_and_claiming_waits_for_it() -> None:
-    from ingest.throttle import SitePaused
+    from ingest.infrastructure.throttle import SitePaused
 
     gov = governor()
     gov.throttled("x.org", SLOW_DOWN)
@@ -161,7 +167,7 @@ async def test_a_download_that_meets_a_pause_gives_up_at_once_and_claiming_waits
 
 
 async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> None:
-    from ingest.throttle import SitePaused
+    from ingest.infrastructure.throttle import SitePaused
 
     gov = governor()
     calls = 0
@@ -177,8 +183,8 @@ async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> N
 
 
 def test_transient_failures_in_a_burst_are_throttling_until_a_request_is_answered() -> None:
-    from ingest.errors import classify
-    from ingest.throttle import FailureBurst
+    from ingest.infrastructure.errors import classify
+    from ingest.infrastructure.throttle import FailureBurst
 
     now = [0.0]
     gov = Governor(ThrottleOptions(burst=3, burst_window_s=10.0), clock=lambda: now[0])

@@ -9,11 +9,11 @@ import anyio
 import asyncpg
 import pytest
 
-from ingest.ledger import Ledger
-from ingest.messages import AudioFile, TranscribedVideo, VideoJob
-from ingest.models import GpuWorker
-from ingest.retry import Database
-from ingest.transcribe import transcribe_stage
+from ingest.infrastructure.models import GpuWorker
+from ingest.infrastructure.retry import Database
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import AudioFile, TranscribedVideo, VideoJob
+from ingest.stages.transcribe import transcribe_stage
 from tests.conftest import ModelPaths, Speech
 from workers.asr import AsrModel, AsrOptions, Waveform
 from workers.chunking import ChunkingOptions

@@ -14,10 +14,10 @@ import numpy as np
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ingest.ledger import Ledger
-from ingest.messages import AudioFile, TranscribedVideo
-from ingest.metrics import Metrics
-from ingest.models import GpuWorker
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.models import GpuWorker
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import AudioFile, TranscribedVideo
 from workers.asr import Waveform, decode_audio, duration_s, regions_of
 from workers.audio import check_complete, stated_duration, too_long
 from workers.chunking import ChunkingOptions, chunk_segments

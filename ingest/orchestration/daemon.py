@@ -11,15 +11,15 @@ from datetime import datetime
 import structlog
 
 from db.leases import ClaimRules
-from ingest.backfill import closed, session
-from ingest.config import ConfigError, Settings
-from ingest.discovery import ListingPlan, discover
-from ingest.ledger import Ledger
-from ingest.messages import VideoJob
-from ingest.runner import Session, run_jobs
-from ingest.search import search_upkeep
-from ingest.shutdown import Shutdown
-from ingest.sources import source_key
+from ingest.infrastructure.config import ConfigError, Settings
+from ingest.infrastructure.shutdown import Shutdown
+from ingest.orchestration.backfill import closed, session
+from ingest.orchestration.discovery import ListingPlan, discover
+from ingest.orchestration.runner import Session, run_jobs
+from ingest.orchestration.search import search_upkeep
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import VideoJob
+from ingest.stages.sources import source_key
 
 log = structlog.get_logger()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

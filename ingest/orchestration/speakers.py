@@ -12,12 +12,12 @@ import asyncpg
 import numpy as np
 
 from db.speakers import StoredProfile, add_to_profile, list_profiles
-from ingest.config import Settings
-from ingest.database import open_database
-from ingest.download import Downloader, DownloadOptions
-from ingest.ledger import describe_error
-from ingest.messages import VideoJob
-from ingest.models import load_voice
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.database import open_database
+from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.models import load_voice
+from ingest.stages.download import Downloader, DownloadOptions
+from ingest.stages.messages import VideoJob
 from workers.asr import decode_audio, speech_regions
 from workers.speakers import VoiceProfile, spread_windows
 from workers.voice import VoiceEncoder, cut, normalize

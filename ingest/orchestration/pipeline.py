@@ -11,17 +11,17 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ingest.config import Settings
-from ingest.download import Downloader, DownloadOptions, download_stage
-from ingest.embed import BatchRules, EmbeddedBatch, embed_stage
-from ingest.ledger import Ledger
-from ingest.messages import AudioFile, TranscribedVideo, VideoJob
-from ingest.models import Models
-from ingest.retry import Database, RetryPolicy
-from ingest.sink import sink_stage
-from ingest.throttle import Governor
-from ingest.transcribe import transcribe_stage
-from ingest.ytdlp_options import ytdlp_params
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.models import Models
+from ingest.infrastructure.retry import Database, RetryPolicy
+from ingest.infrastructure.throttle import Governor
+from ingest.infrastructure.ytdlp_options import ytdlp_params
+from ingest.stages.download import Downloader, DownloadOptions, download_stage
+from ingest.stages.embed import BatchRules, EmbeddedBatch, embed_stage
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import AudioFile, TranscribedVideo, VideoJob
+from ingest.stages.sink import sink_stage
+from ingest.stages.transcribe import transcribe_stage
 from workers.chunking import ChunkingOptions
 
 

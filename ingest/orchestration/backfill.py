@@ -14,19 +14,19 @@ import structlog
 from db import sites
 from db.leases import Claimable, ClaimRules
 from db.sites import SitePause
-from ingest.claims import Claims, new_owner
-from ingest.config import Settings
-from ingest.database import open_database
-from ingest.discovery import ListingPlan, SourceFailure, discover
-from ingest.errors import site_of
-from ingest.ledger import Ledger
-from ingest.metrics import Metrics
-from ingest.observe import observed
-from ingest.retry import Database
-from ingest.runner import Display, Session, run_jobs
-from ingest.search import search_upkeep
-from ingest.shutdown import Shutdown
-from ingest.throttle import Governor, SiteStatus, ThrottleOptions
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.database import open_database
+from ingest.infrastructure.errors import site_of
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.observe import observed
+from ingest.infrastructure.retry import Database
+from ingest.infrastructure.shutdown import Shutdown
+from ingest.infrastructure.throttle import Governor, SiteStatus, ThrottleOptions
+from ingest.orchestration.claims import Claims, new_owner
+from ingest.orchestration.discovery import ListingPlan, SourceFailure, discover
+from ingest.orchestration.runner import Display, Session, run_jobs
+from ingest.orchestration.search import search_upkeep
+from ingest.stages.ledger import Ledger
 
 log = structlog.get_logger()
 

@@ -7,9 +7,9 @@
   or credentials for an HTTP 401), fresh cookies, a JavaScript runtime, a PO token. The site is
   paused for the rest of the run and `fix` says what to configure; the video stays to do.
 - throttled: the site says "slow down" (HTTP 429, a 503 with Retry-After, the bot check, "try
-  again later", one-off errors coming in a burst: see ingest.throttle). The whole site pauses
-  for `retry_after_s` (the server's Retry-After) or else a backoff; the video is handed back
-  and tried again without spending one of its attempts.
+  again later", one-off errors coming in a burst: see ingest.infrastructure.throttle). The
+  whole site pauses for `retry_after_s` (the server's Retry-After) or else a backoff; the video
+  is handed back and tried again without spending one of its attempts.
 - transient: a one-off network or server error (timeouts, resets, HTTP 5xx, YouTube's expired
   media URLs): retried with backoff, a bounded number of times.
 - not_yet: an upcoming premiere or a live stream: skipped, and looked at again by a later
@@ -75,13 +75,14 @@ class _Rule:
 
 # Classes, matched by name anywhere in an exception's MRO; an empty reason takes the message.
 _BY_CLASS: dict[str, tuple[Kind, str]] = {
-    "PermanentDownloadError": ("permanent", ""),  # ingest.download: too long
-    "NotYetAvailable": ("not_yet", ""),  # ingest.download: live or upcoming
+    "PermanentDownloadError": ("permanent", ""),  # ingest.stages.download: too long
+    "NotYetAvailable": ("not_yet", ""),  # ingest.stages.download: live or upcoming
     "UnsupportedError": ("permanent", "unsupported URL"),
     "GeoRestrictedError": ("permanent", "geo-restricted: not available from this location"),
     "UserNotLive": ("not_yet", "the channel is not live yet"),
     "DownloadCancelled": ("transient", "download cancelled"),
-    "FailureBurst": ("throttled", ""),  # ingest.throttle: one-off errors that keep coming
+    # one-off errors that keep coming (ingest.infrastructure.throttle)
+    "FailureBurst": ("throttled", ""),
 }
 
 # Matched in order against the chain's lower-cased text; the first rule that matches decides.
@@ -353,3 +354,12 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One plain line: the exception's own message, its type when it has none."""
+    message = " ".join(_ANSI.sub("", str(exc)).split()).removeprefix("ERROR: ")
+    return message or type(exc).__name__

@@ -20,8 +20,8 @@ import structlog
 from db import leases
 from db.leases import ClaimRules
 from db.listings import FIRST_POSITION
-from ingest.messages import VideoJob
-from ingest.retry import Database
+from ingest.infrastructure.retry import Database
+from ingest.stages.messages import VideoJob
 
 log = structlog.get_logger()
 

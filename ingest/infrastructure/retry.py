@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ingest.errors import classify
+from ingest.infrastructure.errors import classify
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -32,7 +32,7 @@ class RetryPolicy:
 
 def is_transient(exc: BaseException) -> bool:
     """A one-off failure worth retrying (network, server-side). Throttling is not retried here:
-    the throttle governor pauses the whole site instead (ingest.throttle)."""
+    the throttle governor pauses the whole site instead (ingest.infrastructure.throttle)."""
     return classify(exc).kind == "transient"
 
 

@@ -19,25 +19,32 @@ from db.corpus import EmbeddingModelMismatch
 from db.sites import SitePause
 from db.speakers import ProfileModelMismatch
 from db.videos import StatusSummary, status_summary
-from ingest import doctor as checkup
-from ingest.backfill import backfill as run_backfill
-from ingest.config import ConfigError, Device, LogFormat, LogLevel, Settings, load_settings
-from ingest.daemon import daemon as run_daemon
-from ingest.daemon import parse_interval
-from ingest.database import DatabaseUnavailable, open_database
-from ingest.event_loop import loop_factory
-from ingest.ledger import Ledger
-from ingest.logging import configure_logging
-from ingest.models import ModelLoadError
-from ingest.pipeline import Pipeline
-from ingest.progress import clock, live_progress, summary
-from ingest.search import Result, search_options
-from ingest.search import search as run_search
-from ingest.serve import serve as run_serve
-from ingest.shutdown import Shutdown, exit_process
-from ingest.speakers import EnrollError
-from ingest.speakers import enroll as run_enroll
-from ingest.speakers import profiles as run_profiles
+from ingest.infrastructure.config import (
+    ConfigError,
+    Device,
+    LogFormat,
+    LogLevel,
+    Settings,
+    load_settings,
+)
+from ingest.infrastructure.database import DatabaseUnavailable, open_database
+from ingest.infrastructure.event_loop import loop_factory
+from ingest.infrastructure.logging import configure_logging
+from ingest.infrastructure.models import ModelLoadError
+from ingest.infrastructure.shutdown import Shutdown, exit_process
+from ingest.orchestration import doctor as checkup
+from ingest.orchestration.backfill import backfill as run_backfill
+from ingest.orchestration.daemon import daemon as run_daemon
+from ingest.orchestration.daemon import parse_interval
+from ingest.orchestration.pipeline import Pipeline
+from ingest.orchestration.progress import clock, live_progress, summary
+from ingest.orchestration.search import Result, search_options
+from ingest.orchestration.search import search as run_search
+from ingest.orchestration.serve import serve as run_serve
+from ingest.orchestration.speakers import EnrollError
+from ingest.orchestration.speakers import enroll as run_enroll
+from ingest.orchestration.speakers import profiles as run_profiles
+from ingest.stages.ledger import Ledger
 
 T = TypeVar("T")
 

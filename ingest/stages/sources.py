@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from db.videos import DiscoveredVideo
-from ingest.messages import VideoJob
+from ingest.stages.messages import VideoJob
 from workers.audio import stated_duration
 
 AUDIO_SUFFIXES = frozenset(

@@ -16,10 +16,10 @@ import structlog
 from db.corpus import ensure_search_index
 from db.search import MODES, Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
 from db.search import ensure_search_language as _ensure_language
-from ingest.config import ConfigError, Settings
-from ingest.database import open_database
-from ingest.models import load_embedder
-from ingest.sources import source_key
+from ingest.infrastructure.config import ConfigError, Settings
+from ingest.infrastructure.database import open_database
+from ingest.infrastructure.models import load_embedder
+from ingest.stages.sources import source_key
 from workers.embedder import TextEmbedder
 
 log = structlog.get_logger()

@@ -12,7 +12,7 @@ from typing import Literal
 
 import structlog
 
-from ingest.config import ConfigError, EventLoop
+from ingest.infrastructure.config import ConfigError, EventLoop
 
 log = structlog.get_logger()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -12,9 +11,10 @@ from dataclasses import dataclass
 import structlog
 
 from db import leases, videos
-from ingest.messages import TranscribedVideo, VideoJob
-from ingest.metrics import Metrics, error_kind
-from ingest.retry import Database
+from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.metrics import Metrics, error_kind
+from ingest.infrastructure.retry import Database
+from ingest.stages.messages import TranscribedVideo, VideoJob
 
 log = structlog.get_logger()
 
@@ -42,15 +42,6 @@ class RunCounters:
             return None
         rate = self.audio_seconds / elapsed_s
         return max(0.0, self.planned_audio_s - self.audio_seconds) / rate
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def describe_error(exc: BaseException) -> str:
-    """One plain line: the exception's own message, its type when it has none."""
-    message = " ".join(_ANSI.sub("", str(exc)).split()).removeprefix("ERROR: ")
-    return message or type(exc).__name__
 
 
 class Ledger:

@@ -12,8 +12,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import asyncpg
 from prometheus_client import make_wsgi_app
 
-from ingest.ledger import describe_error
-from ingest.metrics import Metrics
+from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.metrics import Metrics
 
 HealthCheck = Callable[[], tuple[bool, str]]
 

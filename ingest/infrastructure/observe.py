@@ -11,10 +11,10 @@ import asyncpg
 import structlog
 
 from db.videos import count_by_status
-from ingest.config import ConfigError, Settings
-from ingest.endpoints import Endpoints, HealthCheck, health_check, parse_addr
-from ingest.gpu import GpuSampler
-from ingest.metrics import Metrics
+from ingest.infrastructure.config import ConfigError, Settings
+from ingest.infrastructure.endpoints import Endpoints, HealthCheck, health_check, parse_addr
+from ingest.infrastructure.gpu import GpuSampler
+from ingest.infrastructure.metrics import Metrics
 
 log = structlog.get_logger()
 FALLBACK_PORTS = 16  # after a busy default port: room for a replica per GPU of a large host

@@ -36,14 +36,14 @@ import asyncpg
 from rich.text import Text
 
 from db.migrate import discover
-from ingest.config import Settings, cuda_device_count
-from ingest.database import DatabaseUnavailable, resolve_dsn
-from ingest.endpoints import parse_addr
-from ingest.gpu import GpuSampler
-from ingest.ledger import describe_error
-from ingest.logging import redact_secrets
-from ingest.metrics import Metrics
-from ingest.models import (
+from ingest.infrastructure.config import Settings, cuda_device_count
+from ingest.infrastructure.database import DatabaseUnavailable, resolve_dsn
+from ingest.infrastructure.endpoints import parse_addr
+from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.gpu import GpuSampler
+from ingest.infrastructure.logging import redact_secrets
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.models import (
     AsrEngineChoice,
     DiarizerChoice,
     ModelLoadError,

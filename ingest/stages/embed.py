@@ -12,8 +12,9 @@ import numpy.typing as npt
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ingest.ledger import Ledger, describe_error
-from ingest.messages import EmbeddedVideo, TranscribedVideo
+from ingest.infrastructure.errors import describe_error
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import EmbeddedVideo, TranscribedVideo
 from workers.embedder import TextEmbedder
 
 log = structlog.get_logger()

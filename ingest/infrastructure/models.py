@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 
 import structlog
 
-from ingest.config import Settings, apply_process_environment, cuda_device_count
+from ingest.infrastructure.config import Settings, apply_process_environment, cuda_device_count
 from workers.asr import AsrModel, AsrOptions, Span, SpeechRecognizer, Waveform, detect_speech
 from workers.clustering import ClusteringDiarizer, ClusteringOptions
 from workers.diarization import DiarizationOptions, Diarizer, SpeakerTurns

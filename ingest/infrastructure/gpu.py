@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from ingest.config import cuda_device_count, cuda_visible_devices
-from ingest.metrics import Metrics
+from ingest.infrastructure.config import cuda_device_count, cuda_visible_devices
+from ingest.infrastructure.metrics import Metrics
 
 log = structlog.get_logger()
 T = TypeVar("T")

@@ -10,10 +10,10 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from db.sink import ChunkRow, FinishedVideo, SpeakerPath, WriteResult, write_finished
-from ingest.embed import EmbeddedBatch
-from ingest.ledger import Ledger
-from ingest.messages import EmbeddedVideo
-from ingest.retry import Database
+from ingest.infrastructure.retry import Database
+from ingest.stages.embed import EmbeddedBatch
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import EmbeddedVideo
 
 log = structlog.get_logger()
 

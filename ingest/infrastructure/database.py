@@ -11,7 +11,7 @@ import asyncpg
 from db.embedded import start_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from ingest.config import Settings
+from ingest.infrastructure.config import Settings
 
 
 class DatabaseUnavailable(Exception):

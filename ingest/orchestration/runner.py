@@ -11,17 +11,17 @@ from dataclasses import dataclass, replace
 import structlog
 
 from db.corpus import ensure_embedding_model
-from ingest.claims import Claims, audio_dir_of, remove_dead_audio
-from ingest.config import Settings
-from ingest.errors import site_of
-from ingest.ledger import Ledger
-from ingest.messages import VideoJob
-from ingest.models import load_models
-from ingest.pipeline import Pipeline, PipelineOptions
-from ingest.retry import Database
-from ingest.shutdown import Shutdown
-from ingest.speakers import load_profiles
-from ingest.throttle import Governor
+from ingest.infrastructure.config import Settings
+from ingest.infrastructure.errors import site_of
+from ingest.infrastructure.models import load_models
+from ingest.infrastructure.retry import Database
+from ingest.infrastructure.shutdown import Shutdown
+from ingest.infrastructure.throttle import Governor
+from ingest.orchestration.claims import Claims, audio_dir_of, remove_dead_audio
+from ingest.orchestration.pipeline import Pipeline, PipelineOptions
+from ingest.orchestration.speakers import load_profiles
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import VideoJob
 
 log = structlog.get_logger()
 

@@ -31,8 +31,8 @@ from typing import TypeVar
 import structlog
 from aiolimiter import AsyncLimiter
 
-from ingest.errors import Failure, classify
-from ingest.metrics import Metrics
+from ingest.infrastructure.errors import Failure, classify
+from ingest.infrastructure.metrics import Metrics
 
 log = structlog.get_logger()
 T = TypeVar("T")

@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from ingest.config import ConfigError, Settings
+from ingest.infrastructure.config import ConfigError, Settings
 
 
 def ytdlp_args(settings: Settings) -> list[str]:

@@ -11,10 +11,10 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.text import Text
 
-from ingest.backfill import BackfillResult
-from ingest.ledger import Ledger
-from ingest.pipeline import Pipeline
-from ingest.throttle import SiteStatus
+from ingest.infrastructure.throttle import SiteStatus
+from ingest.orchestration.backfill import BackfillResult
+from ingest.orchestration.pipeline import Pipeline
+from ingest.stages.ledger import Ledger
 
 
 @contextmanager

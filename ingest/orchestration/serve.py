@@ -21,8 +21,8 @@ from starlette.routing import Route
 from db.corpus import SEARCH_INDEX
 from db.search import pgvector_version, search_language
 from db.videos import status_summary
-from ingest.config import ConfigError, Settings
-from ingest.search import Searcher, SearchOptions, open_searcher, search_options
+from ingest.infrastructure.config import ConfigError, Settings
+from ingest.orchestration.search import Searcher, SearchOptions, open_searcher, search_options
 
 # Limits per request: the work of a search grows with k, and an embedding model reads only its
 # first few hundred tokens anyway.

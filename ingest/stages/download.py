@@ -17,13 +17,19 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from db.videos import DiscoveredVideo, update_metadata
-from ingest.config import CaptionsMode
-from ingest.errors import classify, site_of
-from ingest.ledger import Ledger
-from ingest.messages import AudioFile, Captions, VideoJob
-from ingest.retry import RetryPolicy, retry_transient
-from ingest.sources import describe
-from ingest.throttle import Governor, SiteBlocked, SitePaused, ThrottleStopped, governed
+from ingest.infrastructure.config import CaptionsMode
+from ingest.infrastructure.errors import classify, site_of
+from ingest.infrastructure.retry import RetryPolicy, retry_transient
+from ingest.infrastructure.throttle import (
+    Governor,
+    SiteBlocked,
+    SitePaused,
+    ThrottleStopped,
+    governed,
+)
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import AudioFile, Captions, VideoJob
+from ingest.stages.sources import describe
 from workers.audio import too_long
 from workers.captions import CaptionError, caption_file_for, parse_captions, read_caption_file
 
@@ -56,7 +62,7 @@ class DownloadOptions:
     retries: int = 3  # yt-dlp's own, within one attempt
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_duration_s: float | None = None
-    ytdlp: Mapping[str, Any] = field(default_factory=dict)  # the user's (ingest.ytdlp_options)
+    ytdlp: Mapping[str, Any] = field(default_factory=dict)  # the user's (ytdlp_options)
     captions: CaptionsMode = "off"  # use the site's captions: creator's (manual), any (auto)
     captions_language: str = "en"
     audio_needed: bool = True  # False: speakers are off, so captions make the audio unnecessary
@@ -150,7 +156,7 @@ class Downloader:
     def _new_ydl(self) -> Any:
         import yt_dlp
 
-        from ingest.extract_audio import FFmpegCompleteAudioPP
+        from ingest.stages.extract_audio import FFmpegCompleteAudioPP
 
         ydl = yt_dlp.YoutubeDL(
             {
