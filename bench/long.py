@@ -1,9 +1,8 @@
-"""`python -m bench.long [MINUTES ...] [--diarize]`: peak resident memory of one video's model
-steps (decode, voice activity, speech recognition in blocks, and with --diarize the ECAPA
-diarizer) at each length, each length in a fresh process, stand-in models on the CPU.
-
-The waveform itself is held whole (4 bytes a sample: 0.9 GB for 4 h); what the steps add on top
-of it should not grow with the length.
+"""`python -m bench.long [MINUTES ...] [--diarize]`: peak resident memory and time of one
+video's steps (decode onto disk, voice activity, speech recognition in blocks, and with
+--diarize the ECAPA diarizer) at each length, each length in a fresh process, stand-in models
+on the CPU. The last line compares the longest length with the shortest: the peak's ratio
+(target ≤ 1.3) and the time's ratio to what a linear time would be (target ≤ 1.25).
 """
 
 from __future__ import annotations
@@ -15,10 +14,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.speech import SENTENCES, speak, wav_seconds
 from tests.standins import write_voice, write_whisper
-from workers.asr import AsrModel, AsrOptions, decode_audio, detect_speech, regions_of
+from workers.asr import AsrModel, AsrOptions, detect_speech, regions_of
+from workers.decode import decode_to_file
 
 
 def peak_mb() -> float:
@@ -47,7 +48,7 @@ def probe(folder: Path, minutes: float, diarize: bool) -> dict[str, float]:
     path = long_speech(folder, minutes)
     loaded = peak_mb()
     started = time.perf_counter()
-    audio = decode_audio(path)
+    audio = decode_to_file(path, folder)
     path.unlink()
     speech = detect_speech(audio)
     segments = asr.transcribe(audio, words=diarize, speech=speech)
@@ -58,15 +59,24 @@ def probe(folder: Path, minutes: float, diarize: bool) -> dict[str, float]:
         "segments": len(segments),
         "seconds": round(time.perf_counter() - started, 1),
         "models_mb": round(loaded),
-        "waveform_mb": round(audio.nbytes / 2**20),
         "peak_rss_mb": round(peak_mb()),
-        "above_models_and_waveform_mb": round(peak_mb() - loaded - audio.nbytes / 2**20),
+        "above_models_mb": round(peak_mb() - loaded),
+    }
+
+
+def compare(first: dict[str, Any], last: dict[str, Any]) -> dict[str, float]:
+    """The longest run against the shortest: memory should not grow, time only linearly."""
+    linear_s = first["seconds"] * last["minutes"] / first["minutes"]
+    return {
+        "peak_ratio": round(last["peak_rss_mb"] / first["peak_rss_mb"], 2),
+        "time_vs_linear": round(last["seconds"] / linear_s, 2),
     }
 
 
 def main(args: list[str]) -> None:
     diarize = "--diarize" in args
     lengths = [float(a) for a in args if not a.startswith("--")] or [15.0, 240.0]
+    reports = []
     for minutes in lengths:
         command = [sys.executable, "-m", "bench.long", "--probe", str(minutes)]
         result = subprocess.run(
@@ -74,7 +84,10 @@ def main(args: list[str]) -> None:
         )
         if result.returncode != 0:
             raise SystemExit(result.stderr)
-        print(result.stdout.strip().splitlines()[-1], flush=True)
+        reports.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(json.dumps(reports[-1]), flush=True)
+    if len(reports) > 1:
+        print(json.dumps(compare(reports[0], reports[-1])), flush=True)
 
 
 if __name__ == "__main__":

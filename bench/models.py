@@ -9,7 +9,8 @@ from pathlib import Path
 from bench.results import Figure
 from tests.speech import SENTENCES, speak
 from tests.standins import minilm_path, write_whisper
-from workers.asr import AsrModel, AsrOptions, decode_audio, duration_s
+from workers.asr import AsrModel, AsrOptions, duration_s
+from workers.decode import decode_audio
 from workers.embedder import EmbedderOptions, TextEmbedder
 
 

@@ -18,13 +18,13 @@ from db.sink import ChunkRow, FinishedVideo, write_finished
 
 CHUNKS_PER_VIDEO = 50
 _BASELINE = """
-INSERT INTO segments (video_id, seg_index, start_s, end_s, speaker, speaker_confidence, text,
-                      embedding)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO segments (video_id, seg_index, start_s, end_s, speaker, speaker_confidence, speakers,
+                      text, embedding)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (video_id, seg_index) DO UPDATE SET
     start_s = EXCLUDED.start_s, end_s = EXCLUDED.end_s, speaker = EXCLUDED.speaker,
-    speaker_confidence = EXCLUDED.speaker_confidence, text = EXCLUDED.text,
-    embedding = EXCLUDED.embedding
+    speaker_confidence = EXCLUDED.speaker_confidence, speakers = EXCLUDED.speakers,
+    text = EXCLUDED.text, embedding = EXCLUDED.embedding
 """
 
 
@@ -36,7 +36,7 @@ def make_videos(count: int, dim: int, seed: int) -> list[FinishedVideo]:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         chunks = [
             ChunkRow(i, i * 10.0, i * 10.0 + 9.5, "SPEAKER_00", f"chunk {i} of video {v} " * 8,
-                     vectors[i], 0.9)
+                     vectors[i], 0.9, ("SPEAKER_00",))
             for i in range(CHUNKS_PER_VIDEO)
         ]  # fmt: skip
         videos.append(FinishedVideo(f"v{v}", 600.0, "asr", "emb", chunks))
@@ -55,6 +55,7 @@ async def _baseline(conn: asyncpg.Connection, videos: list[FinishedVideo]) -> No
                     c.end_s,
                     c.speaker,
                     c.speaker_confidence,
+                    c.speakers,
                     c.text,
                     c.embedding,
                 )

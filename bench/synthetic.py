@@ -18,7 +18,7 @@ import numpy.typing as npt
 from db.videos import DiscoveredVideo
 from ingest.stages.download import Downloader, DownloadOptions, Fetched, audio_stem
 from ingest.stages.messages import VideoJob
-from workers.asr import AsrModel, AsrOptions, Span, Waveform, duration_s
+from workers.asr import AsrModel, AsrOptions, Samples, Span, duration_s
 from workers.chunking import Segment
 from workers.embedder import EmbedderOptions, TextEmbedder
 
@@ -60,7 +60,7 @@ class SleepingAsr(AsrModel):
         self.costs = costs
 
     def transcribe(
-        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+        self, audio: Samples, *, words: bool = False, speech: Sequence[Span] | None = None
     ) -> list[Segment]:
         time.sleep(duration_s(audio) * self.costs.asr_s_per_audio_s)
         step = duration_s(audio) / self.costs.chunks_per_video
@@ -70,7 +70,7 @@ class SleepingAsr(AsrModel):
         ]
 
 
-def all_speech(audio: Waveform) -> list[Span]:
+def all_speech(audio: Samples) -> list[Span]:
     """The stand-in's voice activity: all of it. SleepingAsr's cost per audio second stands for
     the whole recognition, voice activity detection included, as faster-whisper's batched
     pipeline (which runs it internally) costs."""

@@ -71,7 +71,8 @@ class SearchHit:
     seg_index: int
     start_s: float
     end_s: float
-    speaker: str | None
+    speaker: str | None  # the one heard most: what the speaker filter matches
+    speakers: tuple[str, ...]  # everyone heard in the chunk, `speaker` first
     text: str
     snippet: str  # the best passages, matching words between ** and **
     # hybrid: fused reciprocal rank; vector: cosine similarity; text: ts_rank_cd.
@@ -151,7 +152,7 @@ async def search_chunks(conn: asyncpg.Connection, query: SearchQuery) -> list[Se
         if iterative and query.filters.active:
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         rows = await conn.fetch(sql, *params.values)
-    return [SearchHit(**dict(r)) for r in rows]
+    return [SearchHit(**{**dict(r), "speakers": tuple(r["speakers"])}) for r in rows]
 
 
 def _filters(filters: SearchFilters, p: _Params) -> str:
@@ -239,7 +240,8 @@ def _search_sql(query: SearchQuery, language: str, iterative: bool, p: _Params) 
                                             ORDER BY score DESC, seg_index) AS nth
                FROM fused)
     SELECT s.video_id, v.title, v.url, v.extractor, s.seg_index, s.start_s, s.end_s,
-           s.speaker, s.text,
+           s.speaker, coalesce(s.speakers, array_remove(ARRAY[s.speaker], NULL)) AS speakers,
+           s.text,
            ts_headline({lang}, s.text, {tsquery},
                        'StartSel=**, StopSel=**, MaxWords=45, MinWords=20, MaxFragments=2')
                AS snippet,

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 _COLUMNS = (
-    "video_id", "seg_index", "start_s", "end_s", "speaker", "speaker_confidence", "text",
-    "embedding",
+    "video_id", "seg_index", "start_s", "end_s", "speaker", "speaker_confidence", "speakers",
+    "text", "embedding",
 )  # fmt: skip
 
 _STAGING = (
@@ -29,16 +29,18 @@ _STAGING = (
 # real change of the vector counts.
 _UPSERT = """
 INSERT INTO segments AS s
-    (video_id, seg_index, start_s, end_s, speaker, speaker_confidence, text, embedding)
-SELECT video_id, seg_index, start_s, end_s, speaker, speaker_confidence, text, embedding
+    (video_id, seg_index, start_s, end_s, speaker, speaker_confidence, speakers, text,
+     embedding)
+SELECT video_id, seg_index, start_s, end_s, speaker, speaker_confidence, speakers, text,
+       embedding
 FROM segments_staging
 ON CONFLICT (video_id, seg_index) DO UPDATE SET
     start_s = EXCLUDED.start_s, end_s = EXCLUDED.end_s, speaker = EXCLUDED.speaker,
-    speaker_confidence = EXCLUDED.speaker_confidence, text = EXCLUDED.text,
-    embedding = EXCLUDED.embedding
-WHERE (s.start_s, s.end_s, s.speaker, s.speaker_confidence, s.text)
+    speaker_confidence = EXCLUDED.speaker_confidence, speakers = EXCLUDED.speakers,
+    text = EXCLUDED.text, embedding = EXCLUDED.embedding
+WHERE (s.start_s, s.end_s, s.speaker, s.speaker_confidence, s.speakers, s.text)
       IS DISTINCT FROM (EXCLUDED.start_s, EXCLUDED.end_s, EXCLUDED.speaker,
-                        EXCLUDED.speaker_confidence, EXCLUDED.text)
+                        EXCLUDED.speaker_confidence, EXCLUDED.speakers, EXCLUDED.text)
    OR (s.embedding <=> EXCLUDED.embedding) > 1e-6
 """
 
@@ -73,6 +75,8 @@ class ChunkRow:
     text: str
     embedding: npt.NDArray[np.float32]
     speaker_confidence: float | None = None
+    # Everyone heard in the chunk, `speaker` first; None: `speaker` alone, as search reads it.
+    speakers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +168,8 @@ def _lost(videos: Sequence[FinishedVideo], kept: Sequence[FinishedVideo]) -> tup
 
 def _records(videos: Sequence[FinishedVideo]) -> list[tuple[object, ...]]:
     return [
-        (v.video_id, c.seg_index, c.start_s, c.end_s, c.speaker, c.speaker_confidence, c.text,
-         c.embedding)
+        (v.video_id, c.seg_index, c.start_s, c.end_s, c.speaker, c.speaker_confidence,
+         c.speakers, c.text, c.embedding)
         for v in videos
         for c in v.chunks
     ]  # fmt: skip

@@ -17,10 +17,11 @@ from ingest.infrastructure.config import Settings
 from ingest.infrastructure.models import AsrEngineChoice, choose_asr_engine, load_asr
 from tests import standins
 from tests.conftest import ModelPaths, Speech
-from workers.asr import AsrModel, AsrOptions, decode_audio, duration_s
+from workers.asr import AsrModel, AsrOptions, duration_s
 from workers.asr_transformers import TransformersAsrModel
 from workers.chunking import Segment
 from workers.cuda_libs import CudaLibrary
+from workers.decode import decode_audio
 
 
 @pytest.fixture(scope="module")

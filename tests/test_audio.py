@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Speech
-from workers.asr import decode_audio, duration_s
+from workers.asr import duration_s
 from workers.audio import TruncatedAudio, check_complete, stated_duration
+from workers.decode import decode_audio
 
 
 def test_a_whole_file_passes_and_a_cut_one_is_refused(speech: Speech, tmp_path: Path) -> None:

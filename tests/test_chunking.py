@@ -4,6 +4,8 @@ import random
 
 import pytest
 
+from ingest.infrastructure.config import load_settings
+from ingest.orchestration.pipeline import PipelineOptions
 from workers.chunking import ChunkingOptions, Segment, Word, chunk_segments
 
 
@@ -74,6 +76,23 @@ def test_a_short_turn_joins_a_neighbour_across_a_change_of_speaker_naming_both()
     assert (second.speaker, second.speakers) == ("A", ("A", "B"))
     assert second.confidence == pytest.approx(0.8 * 9 / 9.5)  # B's half second counts as not A
     assert (second.start_s, second.end_s) == (10.5, 20)
+
+
+def test_a_minimum_set_in_the_settings_is_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    segments = [
+        seg(0, 10, LONG_A, "A"),
+        seg(10.2, 12, "Yes, I agree with that.", "B"),  # 23 characters, nearer to A's turn
+        seg(15, 25, LONG_B, "C"),
+    ]
+
+    def speakers() -> list[tuple[str, ...]]:
+        options = PipelineOptions.from_settings(load_settings(chunk_chars=200)).chunking
+        return [c.speakers for c in chunk_segments(segments, options)]
+
+    monkeypatch.delenv("INGEST_CHUNK_MIN_CHARS", raising=False)
+    assert speakers() == [("A",), ("B",), ("C",)]  # the default: a tenth of 200
+    monkeypatch.setenv("INGEST_CHUNK_MIN_CHARS", "30")
+    assert speakers() == [("A", "B"), ("C",)]
 
 
 def test_a_short_turn_prefers_a_neighbour_of_its_own_speaker() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ModelPaths, Speech
 from tests.speech import SENTENCES, speak, wav_seconds
-from workers.asr import Waveform, decode_audio
+from workers.asr import Waveform
 from workers.chunking import Segment
 from workers.clustering import (
     ClusteringDiarizer,
@@ -22,6 +22,7 @@ from workers.clustering import (
     smooth,
     turns_of,
 )
+from workers.decode import decode_audio
 from workers.diarization import Turn
 from workers.speakers import Decision, SpeakerAttributor, SpeakerOptions
 from workers.voice import Vectors, VoiceEncoder, VoiceOptions, normalize

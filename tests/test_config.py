@@ -35,6 +35,20 @@ def test_invalid_values_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
 
 
+def test_the_chunk_minimum_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGEST_CHUNK_MIN_CHARS", "")
+    assert load_settings().chunk_min_chars is None  # a tenth of the target
+    monkeypatch.setenv("INGEST_CHUNK_MIN_CHARS", "40")
+    assert load_settings().chunk_min_chars == 40
+    for bad in ("-1", "800", "few"):
+        monkeypatch.setenv("INGEST_CHUNK_MIN_CHARS", bad)
+        with pytest.raises(ConfigError, match=r"^invalid setting chunk_min_chars: "):
+            load_settings()
+    monkeypatch.setenv("INGEST_CHUNK_MIN_CHARS", "100")
+    with pytest.raises(ConfigError, match=r"must be below INGEST_CHUNK_CHARS \(80\)$"):
+        load_settings(chunk_chars=80)
+
+
 def test_cpu_defaults() -> None:
     settings = load_settings(device="cpu")
     assert settings.resolved_asr_model() == "base"

@@ -18,7 +18,7 @@ from ingest.stages.ledger import Ledger
 from ingest.stages.messages import AudioFile, VideoJob
 from tests.conftest import Speech
 from tests.feeds import serve
-from workers.asr import decode_audio
+from workers.decode import decode_audio
 
 pytestmark = pytest.mark.anyio
 

@@ -50,18 +50,23 @@ class Chunk:
     video: int
     speaker: str
     text: str
+    speakers: tuple[str, ...] | None = None  # None: stored as before the column was added
 
 
 def corpus_texts() -> list[Chunk]:
     """300 chunks over 30 videos: security talk that resembles the rare chunk in meaning, 10
-    chunks (3 %) of the speaker `Rare`, and the one chunk naming CVE-2024-3094."""
+    chunks (3 %) of the speaker `Rare`, and the one chunk naming CVE-2024-3094, where the Guest
+    is heard too."""
     rng = random.Random(7)
     chunks = []
     for i in range(300):
         words = (rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS), rng.choice(PLACES))
         text = " ".join(words) + "."
         speaker = "Rare" if i % 30 == 3 else ("Host" if i % 2 else "Guest")
-        chunks.append(Chunk(i // 10, speaker, RARE if i == 157 else text))
+        if i == 157:
+            chunks.append(Chunk(i // 10, speaker, RARE, (speaker, "Guest")))
+        else:
+            chunks.append(Chunk(i // 10, speaker, text))
     return chunks
 
 
@@ -96,7 +101,9 @@ async def fill(
     finished = []
     for n in videos:
         rows = [
-            ChunkRow(i, i * 30.0 + 0.5, i * 30.0 + 29, c.speaker, c.text, vectors[j])
+            ChunkRow(
+                i, i * 30.0 + 0.5, i * 30.0 + 29, c.speaker, c.text, vectors[j], None, c.speakers
+            )
             for i, (j, c) in enumerate((j, c) for j, c in enumerate(chunks) if c.video == n)
         ]
         finished.append(FinishedVideo(f"v{n:02d}", 300.0, "asr", MODEL, rows))
@@ -190,6 +197,13 @@ async def test_filters_by_channel_source_video_and_upload_date(searcher: Searche
     assert len(dated) == 20  # every chunk of both videos, fewer than k
 
 
+async def test_the_speaker_filter_matches_the_main_speaker_only(searcher: Searcher) -> None:
+    host = await searcher.search("CVE-2024-3094", search_options(k=5, speaker="Host"))
+    assert host[0].hit.text == RARE
+    guest = await searcher.search("CVE-2024-3094", search_options(k=5, speaker="Guest"))
+    assert guest and RARE not in [r.hit.text for r in guest]
+
+
 async def test_one_result_per_video(searcher: Searcher) -> None:
     results = await searcher.search("a slow SSH login", search_options(k=8, one_per_video=True))
     videos = [r.hit.video_id for r in results]
@@ -200,10 +214,13 @@ async def test_json_has_a_fixed_shape_and_a_link_to_the_second(searcher: Searche
     results = await searcher.search("CVE-2024-3094", SearchOptions(k=3))
     first = results[0].as_json()
     assert list(first) == [
-        "video_id", "seg_index", "title", "channel", "published_at", "speaker", "start_s",
-        "end_s", "link", "path", "url", "score", "similarity", "vector_rank", "text_rank",
-        "snippet", "text", "transcript_source",
+        "video_id", "seg_index", "title", "channel", "published_at", "speaker", "speakers",
+        "start_s", "end_s", "link", "path", "url", "score", "similarity", "vector_rank",
+        "text_rank", "snippet", "text", "transcript_source",
     ]  # fmt: skip
+    assert (first["speaker"], first["speakers"]) == ("Host", ["Host", "Guest"])
+    # Chunks stored before speakers were: their main speaker alone.
+    assert all(r.as_json()["speakers"] == [r.hit.speaker] for r in results[1:])
     assert first["link"] == "https://youtu.be/v15?t=210"  # chunk 7 starts at 210.5 s
     assert first["published_at"] == "2024-01-16T00:00:00+00:00"
     assert json.loads(json.dumps([r.as_json() for r in results])) == [r.as_json() for r in results]
@@ -349,8 +366,11 @@ def test_the_command_line_searches_by_words(ingest_env: dict[str, str]) -> None:
     command = [sys.executable, "-m", "ingest", "search", "CVE-2024-3094", "--mode", "text"]
     done = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert [r["video_id"] for r in json.loads(done.stdout)] == ["v15"]
+    assert [(r["video_id"], r["speakers"]) for r in json.loads(done.stdout)] == [
+        ("v15", ["Host", "Guest"])
+    ]
     shown = subprocess.run(command, env=env, capture_output=True, text=True)
     assert "v15?t=210" in shown.stdout and "CVE-2024-3094" in shown.stdout
+    assert "[speakers: Host, Guest]" in shown.stdout
     bad = subprocess.run([*command, "--mode", "fuzzy"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid mode" in bad.stderr

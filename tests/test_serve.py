@@ -66,6 +66,7 @@ def test_search_answers_what_the_command_line_answers(client: TestClient) -> Non
     first = results[0]
     assert (first["video_id"], first["link"]) == ("v15", "https://youtu.be/v15?t=210")
     assert first["text_rank"] == 1 and "**" in first["snippet"]
+    assert first["speakers"] == ["Host", "Guest"]
 
 
 def test_search_takes_the_filters_as_parameters(client: TestClient) -> None:

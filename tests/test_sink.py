@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import anyio
 import asyncpg
 import numpy as np
 import pytest
 
 from db.corpus import EmbeddingModelMismatch, ensure_embedding_model, ensure_search_index
 from db.sink import ChunkRow, FinishedVideo, write_finished
+from ingest.infrastructure.retry import Database
+from ingest.stages.embed import EmbeddedBatch
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import EmbeddedVideo, TranscribedVideo, VideoJob
+from ingest.stages.sink import sink_stage
+from workers.chunking import ChunkingOptions, Segment, chunk_segments
+from workers.speakers import Decision
 
 pytestmark = pytest.mark.anyio
 DIM = 8
@@ -115,3 +123,39 @@ async def test_search_index_is_built_on_the_typed_column(conn: asyncpg.Connectio
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'segments_embedding_hnsw'"
     )
     assert "hnsw" in index and "vector_cosine_ops" in index
+
+
+LONG = "What the host has to say about it, at some length and in whole sentences. " * 2
+
+
+async def sink_transcript(pool: asyncpg.Pool, segments: list[Segment]) -> None:
+    """The video `a` as the pipeline stores it: chunked, embedded, through the sink stage."""
+    chunks = tuple(chunk_segments(segments, ChunkingOptions(target_chars=200)))
+    job = VideoJob("a", "http://x/a")
+    video = TranscribedVideo(job, 20.0, chunks, "asr", (), Decision("full"))
+    vectors = np.stack([vector(c.seg_index) for c in chunks])
+    send, receive = anyio.create_memory_object_stream[EmbeddedBatch](1)
+    async with send:
+        await send.send((EmbeddedVideo(video, vectors),))
+    await sink_stage(
+        receive, db=Database(pool), embedding_model="emb", ledger=Ledger(Database(pool), total=1)
+    )
+
+
+async def test_every_speaker_of_a_chunk_is_stored_the_main_one_first(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    segments = [
+        Segment(0, 10, LONG, "A"),
+        Segment(10.5, 11, "Yes.", "B"),  # a short turn, joined to the nearer chunk after it
+        Segment(11, 20, LONG, "A"),
+    ]
+    query = "SELECT speaker, speakers, xmin FROM segments WHERE video_id = 'a' ORDER BY seg_index"
+    await sink_transcript(pool, segments)
+    first = await conn.fetch(query)
+    assert [(r["speaker"], r["speakers"]) for r in first] == [("A", ["A"]), ("A", ["A", "B"])]
+    # Reprocessed, the short turn is heard as someone else: only that chunk is rewritten.
+    await sink_transcript(pool, [segments[0], Segment(10.5, 11, "Yes.", "C"), segments[2]])
+    again = await conn.fetch(query)
+    assert [r["speakers"] for r in again] == [["A"], ["A", "C"]]
+    assert again[0]["xmin"] == first[0]["xmin"] and again[1]["xmin"] != first[1]["xmin"]

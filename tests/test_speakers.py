@@ -20,17 +20,10 @@ from ingest.stages.ledger import Ledger
 from ingest.stages.messages import AudioFile, TranscribedVideo, VideoJob
 from ingest.stages.transcribe import transcribe_stage
 from tests.conftest import ModelPaths, Speech
-from workers.asr import (
-    AsrModel,
-    AsrOptions,
-    Waveform,
-    decode_audio,
-    detect_speech,
-    regions_of,
-    whisper_clips,
-)
+from workers.asr import AsrModel, AsrOptions, Waveform, detect_speech, regions_of, whisper_clips
 from workers.chunking import ChunkingOptions, Segment, Word
 from workers.clustering import ClusteringDiarizer
+from workers.decode import decode_audio
 from workers.diarization import DiarizationOptions, Diarizer, Turn
 from workers.speakers import (
     Decision,
@@ -382,7 +375,7 @@ def test_decoding_gives_the_samples_faster_whisper_gives(speech: Speech) -> None
 
 
 def test_audio_longer_than_its_header_states_still_decodes_whole() -> None:
-    from workers.asr import _Samples
+    from workers.decode import _Samples
 
     samples = _Samples(capacity=16000)  # what a header stating one second or none reserves
     pcm = np.arange(-5000, 5000, dtype=np.int16).reshape(1, -1)

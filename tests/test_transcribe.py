@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from ingest.stages.ledger import Ledger
 from ingest.stages.messages import AudioFile, TranscribedVideo, VideoJob
 from ingest.stages.transcribe import transcribe_stage
 from tests.conftest import ModelPaths, Speech
-from workers.asr import AsrModel, AsrOptions, Waveform
+from workers.asr import AsrModel, AsrOptions, Samples
 from workers.chunking import ChunkingOptions
 from workers.diarization import DiarizationOptions, Diarizer, Turn
 from workers.speakers import Regions, SpeakerAttributor, SpeakerOptions
@@ -23,8 +25,17 @@ from workers.speakers import Regions, SpeakerAttributor, SpeakerOptions
 pytestmark = pytest.mark.anyio
 
 
+def decoded_files_open() -> list[str]:
+    """The decoded-audio files this process holds open (unnamed, so shown as deleted)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [t for t in targets if t.endswith(".pcm (deleted)")]
+
+
 class CrashesOnLongAudio(Diarizer):
-    def diarize(self, audio: Waveform, regions: Regions | None = None) -> list[Turn]:
+    def diarize(self, audio: Samples, regions: Regions | None = None) -> list[Turn]:
         if len(audio) > 30 * 16000:
             raise RuntimeError("diarization crashed")
         return super().diarize(audio, regions)
@@ -36,7 +47,7 @@ def asr(models: ModelPaths) -> AsrModel:
 
 
 async def run_stage(
-    files: list[AudioFile], worker: GpuWorker, ledger: Ledger
+    files: list[AudioFile], worker: GpuWorker, ledger: Ledger, scratch: Path | None = None
 ) -> list[TranscribedVideo]:
     send, receive = anyio.create_memory_object_stream[AudioFile](len(files))
     out_send, out_receive = anyio.create_memory_object_stream[TranscribedVideo](len(files))
@@ -45,7 +56,9 @@ async def run_stage(
             for f in files:
                 await send.send(f)
         options = ChunkingOptions(target_chars=20, max_seconds=20)
-        await transcribe_stage(receive, out_send, workers=[worker], chunking=options, ledger=ledger)
+        await transcribe_stage(
+            receive, out_send, workers=[worker], chunking=options, ledger=ledger, scratch=scratch
+        )
         return [video async for video in out_receive]
 
 
@@ -64,7 +77,7 @@ async def test_a_failing_diarization_fails_only_its_video(
     worker = GpuWorker(asr, SpeakerAttributor(SpeakerOptions(mode="always"), None, diarizer, []))
     ledger = Ledger(Database(pool), total=2)
 
-    (video,) = await run_stage(files, worker, ledger)
+    (video,) = await run_stage(files, worker, ledger, scratch=tmp_path / "scratch")
 
     assert video.job.video_id == "short"
     assert video.chunks and all(c.speaker == "SPEAKER_00" for c in video.chunks)
@@ -80,6 +93,8 @@ async def test_a_failing_diarization_fails_only_its_video(
     assert not any(
         f.path and f.path.exists() for f in files
     )  # downloaded audio is removed either way
+    assert decoded_files_open() == []  # and so is the decoded audio, failed or not
+    assert list((tmp_path / "scratch").iterdir()) == []
 
 
 async def test_no_speakers_when_diarization_is_off(

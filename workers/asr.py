@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +16,15 @@ from workers.chunking import Segment, Word
 SAMPLE_RATE = 16000
 
 Waveform = npt.NDArray[np.float32]
-MAX_RESERVED_S = 4 * 3600.0  # reserved for decoding at most: the longest video taken by default
+
+
+class Samples(Protocol):
+    """A waveform as the model steps read it, by length and slices: an array in memory, or a
+    decoded file read from disk a block at a time (`workers.decode.PcmFile`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> Waveform: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +47,7 @@ class SpeechRecognizer(Protocol):
     def options(self) -> AsrOptions: ...
 
     def transcribe(
-        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+        self, audio: Samples, *, words: bool = False, speech: Sequence[Span] | None = None
     ) -> list[Segment]: ...
 
 
@@ -64,78 +71,7 @@ def fetch_whisper(model: str, token: str | None = None) -> str:
     return folder
 
 
-def decode_audio(path: Path) -> Waveform:
-    """Any audio or video file as 16 kHz mono float32 (PyAV, no ffmpeg process); the samples
-    faster-whisper's `decode_audio` gives, converted as they come into one array sized from the
-    stated duration: converting all at the end, as it does, holds three copies of a long video."""
-    import av
-
-    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
-        # A header may lie: space beyond what is decoded is never touched, so costs no memory,
-        # but a small machine refuses to reserve an absurd size.
-        stated = min((container.duration or 0) / av.time_base, MAX_RESERVED_S)
-        out = _Samples(int(stated * SAMPLE_RATE) + SAMPLE_RATE)
-        for group in _grouped(_valid(container.decode(audio=0))):
-            for frame in resampler.resample(group):
-                out.add(frame.to_ndarray())
-        for frame in resampler.resample(None):  # what the resampler still holds
-            out.add(frame.to_ndarray())
-    del resampler
-    gc.collect()  # PyAV's resampler frees its buffers only then
-    return out.samples()
-
-
-class _Samples:
-    def __init__(self, capacity: int) -> None:
-        self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
-        self._count = 0
-
-    def add(self, pcm: npt.NDArray[Any]) -> None:  # 16-bit samples
-        flat = pcm.reshape(-1)
-        end = self._count + len(flat)
-        if end > len(self._buffer):  # longer than stated
-            grown = np.empty(max(end, len(self._buffer) * 3 // 2), dtype=np.float32)
-            grown[: self._count] = self._buffer[: self._count]
-            self._buffer = grown
-        target = self._buffer[self._count : end]
-        target[:] = flat
-        target /= 32768.0
-        self._count = end
-
-    def samples(self) -> Waveform:
-        return self._buffer[: self._count]
-
-
-def _valid(frames: Iterator[Any]) -> Iterator[Any]:
-    """Frames, without the ones the decoder finds corrupt (as faster-whisper does)."""
-    import av
-
-    while True:
-        try:
-            yield next(frames)
-        except StopIteration:
-            return
-        except av.error.InvalidDataError:
-            continue
-
-
-def _grouped(frames: Iterator[Any], samples: int = 500_000) -> Iterator[Any]:
-    """Frames joined into groups of about `samples`: resampling each small frame on its own
-    is slow."""
-    import av
-
-    fifo = av.audio.fifo.AudioFifo()
-    for frame in frames:
-        frame.pts = None  # the FIFO checks timestamps, which joined streams break
-        fifo.write(frame)
-        if fifo.samples >= samples:
-            yield fifo.read()
-    if fifo.samples > 0:
-        yield fifo.read()
-
-
-def duration_s(audio: Waveform) -> float:
+def duration_s(audio: Samples) -> float:
     return len(audio) / SAMPLE_RATE
 
 
@@ -149,7 +85,7 @@ REGION_PAUSE_S = 1.2
 VAD_BLOCK_S = 600.0
 
 
-def detect_speech(audio: Waveform) -> list[Span]:
+def detect_speech(audio: Samples) -> list[Span]:
     """Where the voice-activity detector (Silero, shipped with faster-whisper) hears speech, in
     pieces of at most 30 s cut at short pauses: what faster-whisper's batched pipeline finds
     itself. The one pass per video: ASR and the speaker steps all take its result."""
@@ -170,7 +106,7 @@ def regions_of(pieces: Sequence[Span]) -> list[Span]:
     return _joined(pieces, lambda region, piece: piece[0] - region[1] < REGION_PAUSE_S)
 
 
-def speech_regions(audio: Waveform) -> list[Span]:
+def speech_regions(audio: Samples) -> list[Span]:
     return regions_of(detect_speech(audio))
 
 
@@ -214,7 +150,7 @@ class AsrModel:
         self._batched = BatchedInferencePipeline(self._model) if options.batch_size > 1 else None
 
     def transcribe(
-        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+        self, audio: Samples, *, words: bool = False, speech: Sequence[Span] | None = None
     ) -> list[Segment]:
         """Segments in time order, clipped to the audio's duration; with `words`, each carries
         its word timings (what splitting a segment at a change of speaker needs). `speech` is
@@ -233,7 +169,7 @@ class AsrModel:
         return segments
 
     def _transcribe_block(
-        self, audio: Waveform, clips: Sequence[Span], language: str | None, words: bool
+        self, audio: Samples, clips: Sequence[Span], language: str | None, words: bool
     ) -> tuple[list[Segment], str]:
         """One block of clips, from its own slice of the audio: faster-whisper computes the
         features of all it is given at once, which for hours of audio is gigabytes."""

@@ -18,8 +18,8 @@ import numpy as np
 from workers.asr import (
     SAMPLE_RATE,
     AsrOptions,
+    Samples,
     Span,
-    Waveform,
     detect_speech,
     duration_s,
     whisper_clips,
@@ -86,7 +86,7 @@ class TransformersAsrModel:
         self._prompt = {"language": options.language, "task": "transcribe"} if multilingual else {}
 
     def transcribe(
-        self, audio: Waveform, *, words: bool = False, speech: Sequence[Span] | None = None
+        self, audio: Samples, *, words: bool = False, speech: Sequence[Span] | None = None
     ) -> list[Segment]:
         """Segments in time order, clipped to the audio's duration; with `words`, each carries
         its word timings. `speech` is what `detect_speech` found, when the caller has it."""
@@ -103,7 +103,7 @@ class TransformersAsrModel:
         return [_clip(segment, end) for segment in segments if segment.text]
 
     def _decode(
-        self, audio: Waveform, batch: Sequence[Span], words: bool
+        self, audio: Samples, batch: Sequence[Span], words: bool
     ) -> list[tuple[list[int], list[float] | None]]:
         """Token ids (timestamp tokens included) and, with `words`, each token's time."""
         import torch

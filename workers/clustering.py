@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from workers.asr import Waveform, speech_regions
+from workers.asr import Samples, speech_regions
 from workers.diarization import Turn
 from workers.voice import Vectors, VoiceEncoder, cut, normalize
 
@@ -117,7 +117,7 @@ class ClusteringDiarizer:
     def name(self) -> str:
         return f"ecapa-clustering:{self.voice.name}"
 
-    def diarize(self, audio: Waveform, regions: Sequence[Span] | None = None) -> list[Turn]:
+    def diarize(self, audio: Samples, regions: Sequence[Span] | None = None) -> list[Turn]:
         """Turns in time order; `regions` are the speech the voice-activity detector found
         (found here when not given)."""
         if regions is None:

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from workers.asr import Waveform, duration_s, speech_regions
+from workers.asr import Samples, duration_s, speech_regions
 from workers.chunking import Segment, Word
 from workers.diarization import SpeakerTurns, Turn
 from workers.voice import Vectors, VoiceEncoder, cut, normalize
@@ -93,7 +93,7 @@ class SpeakerAttributor:
     def on(self) -> bool:
         return self.options.mode != "off"
 
-    def decide(self, audio: Waveform, regions: Regions | None = None) -> Decision:
+    def decide(self, audio: Samples, regions: Regions | None = None) -> Decision:
         """The fast path only when a host profile clearly matches; anything else (no profile,
         a low score, an error) means full diarization, never a guessed host label."""
         if self.options.mode == "off":
@@ -115,7 +115,7 @@ class SpeakerAttributor:
         return Decision("full", None, similarity, spread, reason)
 
     def _score_hosts(
-        self, audio: Waveform, hosts: Sequence[VoiceProfile], regions: Regions | None
+        self, audio: Samples, hosts: Sequence[VoiceProfile], regions: Regions | None
     ) -> tuple[str | None, float, float]:
         assert self.voice is not None
         if regions is None:
@@ -131,7 +131,7 @@ class SpeakerAttributor:
 
     def label(
         self,
-        audio: Waveform,
+        audio: Samples,
         segments: Sequence[Segment],
         decision: Decision,
         regions: Regions | None = None,
@@ -149,7 +149,7 @@ class SpeakerAttributor:
             for part in assign_speakers(segments, turns)
         ]
 
-    def _name_clusters(self, audio: Waveform, turns: Sequence[Turn]) -> dict[str, str]:
+    def _name_clusters(self, audio: Samples, turns: Sequence[Turn]) -> dict[str, str]:
         """Enrolled names for clusters whose voice matches a profile, SPEAKER_00… for the rest."""
         matches: dict[str, tuple[str, float]] = {}
         if self.voice is not None and self.profiles:

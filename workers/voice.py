@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from workers.asr import SAMPLE_RATE, Waveform
+from workers.asr import SAMPLE_RATE, Samples, Waveform
 
 Vectors = npt.NDArray[np.float32]
 
@@ -90,9 +90,33 @@ class VoiceEncoder:
         return normalize(vectors)
 
 
-def cut(audio: Waveform, windows: Sequence[tuple[float, float]]) -> list[Waveform]:
-    """The samples of each (start, end) window, in seconds."""
-    return [audio[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)] for a, b in windows]
+def cut(audio: Samples, windows: Sequence[tuple[float, float]]) -> Sequence[Waveform]:
+    """The samples of each (start, end) window, in seconds, each read when it is used: thousands
+    of windows of an hours-long video held at once would be gigabytes."""
+    return _Windows(audio, tuple(windows))
+
+
+class _Windows(Sequence[Waveform]):
+    def __init__(self, audio: Samples, spans: tuple[tuple[float, float], ...]) -> None:
+        self._audio = audio
+        self._spans = spans
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    @overload
+    def __getitem__(self, index: int) -> Waveform: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Waveform]: ...
+
+    def __getitem__(self, index: int | slice) -> Waveform | Sequence[Waveform]:
+        if isinstance(index, slice):
+            return [self._read(span) for span in self._spans[index]]
+        return self._read(self._spans[index])
+
+    def _read(self, span: tuple[float, float]) -> Waveform:
+        return self._audio[int(span[0] * SAMPLE_RATE) : int(span[1] * SAMPLE_RATE)]
 
 
 def normalize(vectors: Vectors) -> Vectors:

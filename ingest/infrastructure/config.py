@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     fastpath_windows: int = Field(default=6, ge=1)
     speaker_match_threshold: float = Field(default=0.5, ge=-1, le=1)
     telemetry: bool = False
-    max_duration: float = Field(default=14400.0, gt=0)
+    max_duration: float = Field(default=43200.0, gt=0)
     retry_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
     ytdlp_sleep_requests: float = Field(default=0.75, ge=0)
@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     sink_queue_size: int = Field(default=2, ge=1)
     chunk_chars: int = Field(default=800, ge=50)
     chunk_max_seconds: float = Field(default=90.0, gt=0)
+    chunk_min_chars: int | None = Field(default=None, ge=0)  # None: a tenth of chunk_chars
     search_language: str = Field(default="english", min_length=1)
     hnsw_min_chunks: int = Field(default=100_000, ge=0)
     # recall@10 of the vector ranking at 200,000 chunks (bench search): 0.947 at 100, 0.970 at 200.
@@ -111,13 +112,24 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url", "asr_model", "asr_workers", "asr_language", "hf_token", "ytdlp_rate_limit",
-        "ytdlp_extractor_args", "cookies_file", "cookies_from_browser", mode="before",
+        "ytdlp_extractor_args", "cookies_file", "cookies_from_browser", "chunk_min_chars",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
         # `.env.example` lists optional settings as `NAME=`; an empty INGEST_METRICS_ADDR, by
         # contrast, is a value (it disables the endpoints).
         return None if value == "" else value
+
+    @field_validator("chunk_min_chars")
+    @classmethod
+    def _below_the_target(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # At or above the target, every chunk would be short and join its neighbours until
+        # only INGEST_CHUNK_MAX_SECONDS stopped it.
+        target = info.data.get("chunk_chars")
+        if value is not None and target is not None and value >= target:
+            raise ValueError(f"must be below INGEST_CHUNK_CHARS ({target})")
+        return value
 
     @property
     def host_names(self) -> tuple[str, ...]:

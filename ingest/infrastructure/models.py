@@ -11,7 +11,7 @@ from typing import Literal, TypeVar
 import structlog
 
 from ingest.infrastructure.config import Settings, apply_process_environment, cuda_device_count
-from workers.asr import AsrModel, AsrOptions, Span, SpeechRecognizer, Waveform, detect_speech
+from workers.asr import AsrModel, AsrOptions, Samples, Span, SpeechRecognizer, detect_speech
 from workers.clustering import ClusteringDiarizer, ClusteringOptions
 from workers.diarization import DiarizationOptions, Diarizer, SpeakerTurns
 from workers.embedder import EmbedderOptions, TextEmbedder
@@ -33,7 +33,7 @@ class GpuWorker:
     asr: SpeechRecognizer
     speakers: SpeakerAttributor
     # Voice activity: where the speech is, for ASR and speakers alike.
-    vad: Callable[[Waveform], list[Span]] = detect_speech
+    vad: Callable[[Samples], list[Span]] = detect_speech
 
 
 @dataclass(frozen=True, slots=True)

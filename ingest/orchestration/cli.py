@@ -332,6 +332,8 @@ def _describe(result: Result) -> Text:
     """A result for a terminal: where it is, then its snippet with the matching words bold."""
     hit = result.hit
     speaker = f" [{hit.speaker}]" if hit.speaker else ""
+    if len(hit.speakers) > 1:  # a short turn of another joined to the chunk
+        speaker = f" [speakers: {', '.join(hit.speakers)}]"
     source = f"  ({hit.transcript_source})" if hit.transcript_source else ""
     line = Text(
         f"{hit.score:.3f}  {hit.title or hit.video_id}{speaker}  "

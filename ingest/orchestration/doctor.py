@@ -58,8 +58,9 @@ from ingest.infrastructure.models import (
 Status = Literal["ok", "warn", "fail"]
 
 GIB = 1024**3
-# Downloads wait in the data dir as WAV files until transcribed (a 4 h video is ~1 GiB, and up to
-# INGEST_AUDIO_QUEUE_SIZE of them wait), and the embedded database grows there.
+# Downloads wait in the data dir as WAV files until transcribed, then as decoded samples (a 12 h
+# video is ~1.3 GiB of either; up to INGEST_AUDIO_QUEUE_SIZE of them wait), and the embedded
+# database grows there.
 MIN_FREE_BYTES = 1 * GIB
 LOW_FREE_BYTES = 20 * GIB
 DB_TIMEOUT_S = 10.0

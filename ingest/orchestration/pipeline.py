@@ -49,7 +49,9 @@ class PipelineOptions:
                 captions_language=settings.asr_language or settings.captions_language,
                 audio_needed=settings.diarization != "off",
             ),
-            chunking=ChunkingOptions(settings.chunk_chars, settings.chunk_max_seconds),
+            chunking=ChunkingOptions(
+                settings.chunk_chars, settings.chunk_max_seconds, settings.chunk_min_chars
+            ),
             batching=BatchRules(settings.embed_batch, settings.embed_flush_seconds),
             audio_queue=settings.audio_queue_size,
             transcript_queue=settings.transcript_queue_size,
@@ -124,6 +126,7 @@ class Pipeline:
                         chunking=self.options.chunking,
                         ledger=self.ledger,
                         max_duration_s=self.options.download.max_duration_s,
+                        scratch=self.options.download.audio_dir,
                     )
                 )
                 tg.create_task(

@@ -49,6 +49,7 @@ class Result:
             "channel": h.channel,
             "published_at": h.published_at.isoformat() if h.published_at else None,
             "speaker": h.speaker,
+            "speakers": list(h.speakers),
             "start_s": h.start_s,
             "end_s": h.end_s,
             "link": self.link,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from ingest.infrastructure.errors import describe_error
 from ingest.infrastructure.models import load_voice
 from ingest.stages.download import Downloader, DownloadOptions
 from ingest.stages.messages import VideoJob
-from workers.asr import decode_audio, speech_regions
+from workers.asr import speech_regions
+from workers.decode import decode_to_file
 from workers.speakers import VoiceProfile, spread_windows
 from workers.voice import VoiceEncoder, cut, normalize
 
@@ -62,15 +64,16 @@ def _window_sum(
     voice: VoiceEncoder, source: str, workdir: Path, timeout: float
 ) -> tuple[np.ndarray, int]:
     try:
-        audio = decode_audio(_audio_of(source, workdir, timeout))
+        audio = decode_to_file(_audio_of(source, workdir, timeout), workdir)
     except EnrollError:
         raise
     except Exception as exc:
         raise EnrollError(f"{source}: {describe_error(exc)}") from exc
-    windows = spread_windows(speech_regions(audio), ENROLL_WINDOWS, ENROLL_WINDOW_S)
-    if not windows:
-        raise EnrollError(f"{source}: no speech found")
-    vectors = voice.embed(cut(audio, windows))
+    with contextlib.closing(audio):
+        windows = spread_windows(speech_regions(audio), ENROLL_WINDOWS, ENROLL_WINDOW_S)
+        if not windows:
+            raise EnrollError(f"{source}: no speech found")
+        vectors = voice.embed(cut(audio, windows))
     return np.asarray(vectors.sum(axis=0), dtype=np.float32), len(vectors)
 
 

@@ -83,7 +83,16 @@ def _finished(video: EmbeddedVideo, embedding_model: str) -> FinishedVideo:
         asr_model=transcript.asr_model,
         embedding_model=embedding_model,
         chunks=[
-            ChunkRow(c.seg_index, c.start_s, c.end_s, c.speaker, c.text, vector, c.confidence)
+            ChunkRow(
+                c.seg_index,
+                c.start_s,
+                c.end_s,
+                c.speaker,
+                c.text,
+                vector,
+                c.confidence,
+                c.speakers,
+            )
             for c, vector in zip(transcript.chunks, video.embeddings, strict=True)
         ],
         timings=dict(transcript.timings),

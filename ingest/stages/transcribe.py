@@ -18,9 +18,10 @@ from ingest.infrastructure.metrics import Metrics
 from ingest.infrastructure.models import GpuWorker
 from ingest.stages.ledger import Ledger
 from ingest.stages.messages import AudioFile, TranscribedVideo
-from workers.asr import Waveform, decode_audio, duration_s, regions_of
+from workers.asr import Samples, duration_s, regions_of
 from workers.audio import check_complete, stated_duration, too_long
 from workers.chunking import ChunkingOptions, chunk_segments
+from workers.decode import PcmFile, decode_to_file
 
 log = structlog.get_logger()
 P = ParamSpec("P")
@@ -40,7 +41,7 @@ class Decoded:
     """A video's audio decoded once (16 kHz mono), on its way to the models."""
 
     audio: AudioFile
-    waveform: Waveform  # empty when captions are the transcript and speakers are off
+    waveform: Samples  # on disk; empty when captions are the transcript and speakers are off
     timings: tuple[tuple[str, float], ...]
     duration_s: float
 
@@ -53,14 +54,16 @@ async def transcribe_stage(
     chunking: ChunkingOptions,
     ledger: Ledger,
     max_duration_s: float | None = None,
+    scratch: Path | None = None,
 ) -> None:
     """Per GPU worker, a decoder decodes the next video while the models work on the current
-    one, so the GPU never waits for the CPU; at most one decoded video waits per worker."""
+    one, so the GPU never waits for the CPU; at most one decoded video waits per worker. Decoded
+    audio is kept in `scratch` (the system's temporary folder when None), not in memory."""
     async with inbox, outbox, asyncio.TaskGroup() as tg:
         for models in workers:
             send, receive = anyio.create_memory_object_stream[Decoded](1)
-            needs_audio = models.speakers.on  # captions without speakers need no waveform
-            tg.create_task(_decoder(inbox.clone(), send, ledger, max_duration_s, needs_audio))
+            rules = _DecodeRules(max_duration_s, models.speakers.on, scratch)
+            tg.create_task(_decoder(inbox.clone(), send, ledger, rules))
             tg.create_task(_worker(receive, outbox.clone(), models, chunking, ledger))
 
 
@@ -68,8 +71,7 @@ async def _decoder(
     inbox: MemoryObjectReceiveStream[AudioFile],
     outbox: MemoryObjectSendStream[Decoded],
     ledger: Ledger,
-    max_duration_s: float | None,
-    needs_audio: bool,
+    rules: _DecodeRules,
 ) -> None:
     async with inbox, outbox:
         async for audio in inbox:
@@ -82,9 +84,8 @@ async def _decoder(
             ):
                 try:
                     decoded = await asyncio.to_thread(
-                        _step, "decode", timings, ledger.metrics, _prepare, audio,
-                        max_duration_s, needs_audio,
-                    )  # fmt: skip
+                        _step, "decode", timings, ledger.metrics, _prepare, audio, rules
+                    )
                 except StageError as exc:  # one video's failure never stops the others
                     await ledger.failed(audio.job, exc.step, exc)
                     continue
@@ -140,39 +141,65 @@ def _step(
 
 
 @dataclass(frozen=True, slots=True)
+class _DecodeRules:
+    max_duration_s: float | None
+    needs_audio: bool  # captions without speakers need no waveform
+    scratch: Path | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Audio:
-    waveform: Waveform
+    waveform: Samples
     duration_s: float
 
 
-def _prepare(audio: AudioFile, max_duration_s: float | None, needs_audio: bool) -> _Audio:
+def _prepare(audio: AudioFile, rules: _DecodeRules) -> _Audio:
     """The waveform, unless captions are the transcript and nothing else listens to it."""
-    if audio.path is not None and (needs_audio or audio.captions is None):
-        waveform = _decode(audio.path, max_duration_s)
+    if audio.path is not None and (rules.needs_audio or audio.captions is None):
+        waveform = _decode(audio.path, rules.max_duration_s, rules.scratch)
         return _Audio(waveform, duration_s(waveform))
     assert audio.captions is not None  # no audio is fetched without captions
     stated = audio.duration_s or (stated_duration(audio.path) if audio.path else None)
-    if reason := too_long(stated, max_duration_s):
+    if reason := too_long(stated, rules.max_duration_s):
         raise ValueError(reason)
     ends = max((s.end_s for s in audio.captions.segments), default=0.0)
     return _Audio(np.zeros(0, dtype=np.float32), stated or ends)
 
 
-def _decode(path: Path, max_duration_s: float | None) -> Waveform:
-    """Decodes once, after checking the stated duration (memory stays bounded); audio that ends
-    well before its header says is refused rather than transcribed in part."""
+def _decode(path: Path, max_duration_s: float | None, scratch: Path | None) -> PcmFile:
+    """Decodes once onto disk, after checking the stated duration; audio that ends well before
+    its header says is refused rather than transcribed in part."""
     stated = stated_duration(path)
     if reason := too_long(stated, max_duration_s):
         raise ValueError(reason)
-    waveform = decode_audio(path)
-    check_complete(stated, duration_s(waveform))
+    waveform = decode_to_file(path, scratch)
+    try:
+        check_complete(stated, duration_s(waveform))
+    except BaseException:
+        waveform.close()
+        raise
     return waveform
+
+
+def _release(waveform: Samples) -> None:
+    if isinstance(waveform, PcmFile):
+        waveform.close()
 
 
 def _infer(
     decoded: Decoded, models: GpuWorker, chunking: ChunkingOptions, metrics: Metrics
 ) -> TranscribedVideo:
-    """Blocking: every model step of one video, in one thread hop."""
+    """Blocking: every model step of one video, in one thread hop; the decoded audio is freed
+    here, by the thread that reads it, even when the run has stopped waiting for it."""
+    try:
+        return _model_steps(decoded, models, chunking, metrics)
+    finally:
+        _release(decoded.waveform)
+
+
+def _model_steps(
+    decoded: Decoded, models: GpuWorker, chunking: ChunkingOptions, metrics: Metrics
+) -> TranscribedVideo:
     timings = list(decoded.timings)
     waveform = decoded.waveform
     captions = decoded.audio.captions
