@@ -24,7 +24,7 @@ from bench.results import Figure
 from db.corpus import ensure_embedding_model, ensure_search_index
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from db.search import Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
+from db.search import TEXT_MATCHES, Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
 from ingest.infrastructure.config import Settings
 
 DIM = 384
@@ -38,6 +38,9 @@ EF_SEARCH: int = Settings.model_fields["hnsw_ef_search"].default
 # What a search's results are compared with: the text ranking of every matching chunk, or of
 # the same sample of them as the search's.
 EVERY_MATCH, SAME_SAMPLE = "every match", "same sample"
+# Hybrid recall against every match, split by how many chunks a query's words are in: at most
+# TEXT_MATCHES (all scored) or more (a sample scored).
+FEW_MATCHES, MANY_MATCHES = "few matches", "many matches"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,19 +128,25 @@ async def _measure(
     filters = SearchFilters(speaker=RARE_SPEAKER) if narrow else SearchFilters()
     latencies, short = [], 0
     # Vector searches rank no text: one reference serves.
-    recalls: dict[str, list[float]] = (
-        {EVERY_MATCH: []} if mode == "vector" else {EVERY_MATCH: [], SAME_SAMPLE: []}
-    )
+    recalls: dict[str, list[float]] = {
+        EVERY_MATCH: [],
+        SAME_SAMPLE: [],
+        FEW_MATCHES: [],
+        MANY_MATCHES: [],
+    }
     for probe in probes:
         query = SearchQuery(probe.text, probe.vector, K, mode, filters, ef_search=EF_SEARCH)
         started = time.perf_counter()
         found = _ids(await search_chunks(conn, query))
         latencies.append((time.perf_counter() - started) * 1000)
         short += len(found) < K
-        for reference, values in recalls.items():
+        for reference in (EVERY_MATCH, SAME_SAMPLE) if mode == "hybrid" else (EVERY_MATCH,):
             matches = None if reference == EVERY_MATCH else query.text_matches
             exact = await _exact(conn, replace(query, text_matches=matches))
-            values.append(len(found & exact) / max(1, len(exact)))
+            recalls[reference].append(len(found & exact) / max(1, len(exact)))
+        if mode == "hybrid" and not narrow:  # the count ignores filters
+            many = await _matches_more_than(conn, query, TEXT_MATCHES)
+            recalls[MANY_MATCHES if many else FEW_MATCHES].append(recalls[EVERY_MATCH][-1])
     label = f"{mode}{', 1 % filter' if narrow else ''}, {size:,} chunks"
     return _figures(label, latencies, recalls, short)
 
@@ -158,10 +167,27 @@ def _figures(
         Figure("search", f"{label}: queries with fewer than {K} results", short, target=0,
                compare="<="),
     ]  # fmt: skip
-    if SAME_SAMPLE in recalls:
+    if recalls[SAME_SAMPLE]:
         name = f"{label}: recall@{K} vs exact vector, same text sample"
         figures.insert(3, Figure("search", name, statistics.mean(recalls[SAME_SAMPLE])))
+    parts = ((FEW_MATCHES, f"<= {TEXT_MATCHES:,}"), (MANY_MATCHES, f"> {TEXT_MATCHES:,}"))
+    for part, words in parts:
+        if values := recalls[part]:
+            name = f"{label}: recall@{K} vs exact, words in {words} chunks ({len(values)} queries)"
+            figures.append(Figure("search", name, statistics.mean(values)))
     return figures
+
+
+async def _matches_more_than(conn: asyncpg.Connection, query: SearchQuery, limit: int) -> bool:
+    found: int = await conn.fetchval(
+        """SELECT count(*) FROM (SELECT 1 FROM segments s
+                                 WHERE s.text_search @@ websearch_to_tsquery(
+                                     (SELECT language FROM text_search), $1)
+                                 LIMIT $2 + 1) m""",
+        query.text,
+        limit,
+    )
+    return found > limit
 
 
 async def _exact(conn: asyncpg.Connection, query: SearchQuery) -> set[tuple[str, int]]:
