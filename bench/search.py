@@ -24,7 +24,15 @@ from bench.results import Figure
 from db.corpus import ensure_embedding_model, ensure_search_index
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from db.search import TEXT_MATCHES, Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
+from db.search import (
+    TEXT_MATCHES,
+    Mode,
+    SearchFilters,
+    SearchHit,
+    SearchQuery,
+    search_chunks,
+    search_language,
+)
 from ingest.infrastructure.config import Settings
 
 DIM = 384
@@ -181,11 +189,11 @@ def _figures(
 async def _matches_more_than(conn: asyncpg.Connection, query: SearchQuery, limit: int) -> bool:
     found: int = await conn.fetchval(
         """SELECT count(*) FROM (SELECT 1 FROM segments s
-                                 WHERE s.text_search @@ websearch_to_tsquery(
-                                     (SELECT language FROM text_search), $1)
+                                 WHERE s.text_search @@ websearch_to_tsquery($3::regconfig, $1)
                                  LIMIT $2 + 1) m""",
         query.text,
         limit,
+        await search_language(conn),
     )
     return found > limit
 

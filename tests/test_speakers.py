@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -374,11 +375,12 @@ def test_decoding_gives_the_samples_faster_whisper_gives(speech: Speech) -> None
         assert np.array_equal(decode_audio(path), expected)
 
 
-def test_audio_longer_than_its_header_states_still_decodes_whole() -> None:
-    from workers.decode import _Samples
+def test_audio_longer_than_its_header_states_still_decodes_whole(tmp_path: Path) -> None:
+    from workers.decode import PcmFile
 
-    samples = _Samples(capacity=16000)  # what a header stating one second or none reserves
+    fd, _ = tempfile.mkstemp(dir=tmp_path)
+    samples = PcmFile(fd)  # decoding reserves nothing from what a header states
     pcm = np.arange(-5000, 5000, dtype=np.int16).reshape(1, -1)
     for _ in range(7):
-        samples.add(pcm)
-    assert np.array_equal(samples.samples(), np.tile(pcm[0], 7).astype(np.float32) / 32768.0)
+        samples.append(pcm)
+    assert np.array_equal(samples[:], np.tile(pcm[0], 7).astype(np.float32) / 32768.0)

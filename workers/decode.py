@@ -4,11 +4,12 @@ video's length costs disk, not memory."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,14 @@ import numpy.typing as npt
 
 from workers.asr import SAMPLE_RATE, Waveform
 
-MAX_RESERVED_S = 4 * 3600.0  # the most memory reserved ahead of decoding into memory
 _SAMPLE_BYTES = 2  # 16-bit samples, what the resampler gives: half of float32, and lossless
 
 
 def decode_audio(path: Path) -> Waveform:
-    """The whole file as float32 in memory; the samples faster-whisper's `decode_audio` gives,
-    converted as they come into one array sized from the stated duration: converting all at the
-    end, as it does, holds three copies of a long video."""
-    with _opened(path) as container:
-        # A header may lie: space beyond what is decoded is never touched, so costs no memory,
-        # but a small machine refuses to reserve an absurd size.
-        stated = min(_stated_s(container), MAX_RESERVED_S)
-        out = _Samples(int(stated * SAMPLE_RATE) + SAMPLE_RATE)
-        _decode_into(container, out.add)
-    return out.samples()
+    """The whole file as float32 in memory, for short pieces: the samples faster-whisper's
+    `decode_audio` gives, through the same path as `decode_to_file`."""
+    with contextlib.closing(decode_to_file(path)) as pcm:
+        return pcm[:]
 
 
 def decode_to_file(path: Path, folder: Path | None = None) -> PcmFile:
@@ -43,8 +37,7 @@ def decode_to_file(path: Path, folder: Path | None = None) -> PcmFile:
     os.unlink(name)  # nothing is left behind, whatever stops the process
     pcm = PcmFile(fd)
     try:
-        with _opened(path) as container:
-            _decode_into(container, pcm.append)
+        _decode_into(path, pcm)
     except BaseException:
         pcm.close()
         raise
@@ -89,51 +82,19 @@ class PcmFile:
         return not self._closer.alive
 
 
-def _opened(path: Path) -> Any:
-    import av
-
-    return av.open(str(path), mode="r", metadata_errors="ignore")
-
-
-def _stated_s(container: Any) -> float:
-    import av
-
-    return float((container.duration or 0) / av.time_base)
-
-
-def _decode_into(container: Any, sink: Callable[[npt.NDArray[Any]], None]) -> None:
-    """Every frame of the first audio stream, resampled to 16-bit mono at 16 kHz, to `sink`."""
+def _decode_into(path: Path, pcm: PcmFile) -> None:
+    """Every frame of the first audio stream, resampled to 16-bit mono at 16 kHz."""
     import av
 
     resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    for group in _grouped(_valid(container.decode(audio=0))):
-        for frame in resampler.resample(group):
-            sink(frame.to_ndarray())
-    for frame in resampler.resample(None):  # what the resampler still holds
-        sink(frame.to_ndarray())
+    with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+        for group in _grouped(_valid(container.decode(audio=0))):
+            for frame in resampler.resample(group):
+                pcm.append(frame.to_ndarray())
+        for frame in resampler.resample(None):  # what the resampler still holds
+            pcm.append(frame.to_ndarray())
     del resampler
     gc.collect()  # PyAV's resampler frees its buffers only then
-
-
-class _Samples:
-    def __init__(self, capacity: int) -> None:
-        self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
-        self._count = 0
-
-    def add(self, pcm: npt.NDArray[Any]) -> None:  # 16-bit samples
-        flat = pcm.reshape(-1)
-        end = self._count + len(flat)
-        if end > len(self._buffer):  # longer than stated
-            grown = np.empty(max(end, len(self._buffer) * 3 // 2), dtype=np.float32)
-            grown[: self._count] = self._buffer[: self._count]
-            self._buffer = grown
-        target = self._buffer[self._count : end]
-        target[:] = flat
-        target /= 32768.0
-        self._count = end
-
-    def samples(self) -> Waveform:
-        return self._buffer[: self._count]
 
 
 def _valid(frames: Iterator[Any]) -> Iterator[Any]:
