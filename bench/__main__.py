@@ -21,9 +21,9 @@ NAMES = ("pipeline", "memory", "sink", "claims", "downloads", "models", "gpu")
 ON_REQUEST = ("search",)
 
 
-def _run(name: str, quick: bool, uri: str) -> list[Figure]:
+def _run(name: str, quick: bool, uri: str, videos: int | None = None) -> list[Figure]:
     if name == "pipeline":
-        return pipeline.efficiency(uri, videos=40 if quick else 200)
+        return pipeline.efficiency(uri, videos=videos or (40 if quick else 200))
     if name == "memory":
         return pipeline.memory(uri, 20, 100) if quick else pipeline.memory(uri, 100, 1000)
     if name == "sink":
@@ -49,6 +49,9 @@ def main(
         bool, typer.Option(help="Small sizes: a smoke test, not a measurement.")
     ] = False,
     check: Annotated[bool, typer.Option(help="Exit 1 when a target is missed.")] = False,
+    videos: Annotated[
+        int | None, typer.Option(min=1, help="Videos per pipeline run (default 200).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = Path(
         "bench/results.json"
     ),
@@ -62,7 +65,7 @@ def main(
     figures: list[Figure] = []
     with server() as uri:
         for name in chosen:
-            figures += _run(name, quick, uri)
+            figures += _run(name, quick, uri, videos)
     show(figures, Console())
     write(figures, out)
     if check and any(f.met is False for f in figures):
