@@ -1,6 +1,6 @@
 """Search latency and recall on a synthetic corpus: hybrid against vector, with and without a
 filter matching 1 % of the chunks, and recall@10 against an exact search of the same query:
-exact nearest neighbours fused with the text ranking of every matching chunk.
+exact nearest neighbours fused with the ranking by words that scores every matching chunk.
 
 Vectors are 384-d (MiniLM's size), drawn around 256 topic centres so that neighbours exist the
 way they do among real chunks; texts are words of a Zipf-distributed vocabulary, so that some
@@ -24,15 +24,9 @@ from bench.results import Figure
 from db.corpus import ensure_embedding_model, ensure_search_index
 from db.migrate import apply_migrations
 from db.pool import create_pool
-from db.search import (
-    TEXT_MATCHES,
-    Mode,
-    SearchFilters,
-    SearchHit,
-    SearchQuery,
-    search_chunks,
-    search_language,
-)
+from db.search import Mode, SearchHit, SearchQuery, search_chunks, search_language
+from db.search_filters import SearchFilters
+from db.sink import ChunkRow, FinishedVideo, write_finished
 from ingest.infrastructure.config import Settings
 
 DIM = 384
@@ -43,12 +37,10 @@ RARE_SPEAKER = "Rare"  # 1 % of the chunks
 K = 10
 # HNSW candidates: what a search gets unless INGEST_HNSW_EF_SEARCH says otherwise.
 EF_SEARCH: int = Settings.model_fields["hnsw_ef_search"].default
-# What a search's results are compared with: the text ranking of every matching chunk, or of
-# the same sample of them as the search's.
-EVERY_MATCH, SAME_SAMPLE = "every match", "same sample"
-# Hybrid recall against every match, split by how many chunks a query's words are in: at most
-# TEXT_MATCHES (all scored) or more (a sample scored).
-FEW_MATCHES, MANY_MATCHES = "few matches", "many matches"
+# Hybrid recall, split by how many chunks a query's words are in: at most COMMON, or more, where
+# scoring every match would cost more than the latency target.
+COMMON = 2000
+EVERY_MATCH, FEW_MATCHES, MANY_MATCHES = "every match", "few matches", "many matches"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +51,49 @@ class Probe:
 
 def search(server_uri: str, quick: bool) -> list[Figure]:
     size = 20_000 if quick else 200_000
-    return asyncio.run(_search(server_uri, size, queries=20 if quick else 100))
+    figures = asyncio.run(_search(server_uri, size, queries=20 if quick else 100))
+    return figures + asyncio.run(_write_rates(server_uri, videos=20 if quick else 200))
+
+
+async def _write_rates(server_uri: str, videos: int) -> list[Figure]:
+    """Chunks the sink writes per second with and without the word counts' index: what exact
+    ranking by words costs the writes (chunks of 170 words, before any vector index)."""
+    figures = []
+    for words_index in (True, False):
+        pool = await create_pool(await fresh_database(server_uri), max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                rate = await _write_rate(conn, videos, words_index)
+        finally:
+            await pool.close()
+        name = f"sink writes, {videos * 100:,} chunks, {'with' if words_index else 'without'}"
+        figures.append(Figure("search", f"{name} the word-count index", rate, "chunks/s"))
+    return figures
+
+
+async def _write_rate(conn: asyncpg.Connection, videos: int, words_index: bool) -> float:
+    await apply_migrations(conn)
+    if not words_index:
+        await conn.execute("DROP INDEX segments_word_counts_idx")
+    await ensure_embedding_model(conn, "bench", DIM)
+    rng = np.random.default_rng(1)
+    spent = 0.0
+    for first in range(0, videos, 10):
+        batch = []
+        for n in range(first, first + 10):
+            await conn.execute("INSERT INTO videos (id, url) VALUES ($1, $1)", f"v{n}")
+            picks = np.minimum(rng.zipf(1.2, (100, 170)), VOCABULARY) - 1
+            vectors = rng.standard_normal((100, DIM)).astype(np.float32)
+            rows = [
+                ChunkRow(i, 30.0 * i, 30.0 * i + 29, "Host", " ".join(f"w{w}" for w in picks[i]),
+                         vectors[i])
+                for i in range(100)
+            ]  # fmt: skip
+            batch.append(FinishedVideo(f"v{n}", 3000.0, "bench", "bench", rows))
+        started = time.perf_counter()
+        await write_finished(conn, batch)
+        spent += time.perf_counter() - started
+    return videos * 100 / spent
 
 
 async def _search(server_uri: str, size: int, queries: int) -> list[Figure]:
@@ -136,24 +170,17 @@ async def _measure(
     filters = SearchFilters(speaker=RARE_SPEAKER) if narrow else SearchFilters()
     latencies, short = [], 0
     # Vector searches rank no text: one reference serves.
-    recalls: dict[str, list[float]] = {
-        EVERY_MATCH: [],
-        SAME_SAMPLE: [],
-        FEW_MATCHES: [],
-        MANY_MATCHES: [],
-    }
+    recalls: dict[str, list[float]] = {EVERY_MATCH: [], FEW_MATCHES: [], MANY_MATCHES: []}
     for probe in probes:
         query = SearchQuery(probe.text, probe.vector, K, mode, filters, ef_search=EF_SEARCH)
         started = time.perf_counter()
         found = _ids(await search_chunks(conn, query))
         latencies.append((time.perf_counter() - started) * 1000)
         short += len(found) < K
-        for reference in (EVERY_MATCH, SAME_SAMPLE) if mode == "hybrid" else (EVERY_MATCH,):
-            matches = None if reference == EVERY_MATCH else query.text_matches
-            exact = await _exact(conn, replace(query, text_matches=matches))
-            recalls[reference].append(len(found & exact) / max(1, len(exact)))
+        exact = await _exact(conn, replace(query, exhaustive_text=True))
+        recalls[EVERY_MATCH].append(len(found & exact) / max(1, len(exact)))
         if mode == "hybrid" and not narrow:  # the count ignores filters
-            many = await _matches_more_than(conn, query, TEXT_MATCHES)
+            many = await _matches_more_than(conn, query, COMMON)
             recalls[MANY_MATCHES if many else FEW_MATCHES].append(recalls[EVERY_MATCH][-1])
     label = f"{mode}{', 1 % filter' if narrow else ''}, {size:,} chunks"
     return _figures(label, latencies, recalls, short)
@@ -162,10 +189,8 @@ async def _measure(
 def _figures(
     label: str, latencies: list[float], recalls: dict[str, list[float]], short: int
 ) -> list[Figure]:
-    """Recall against the exact search: the vector ranking sorted exactly and the text ranking
-    of every chunk that matches; for hybrid also against the exact vector ranking with the text
-    ranking of the same sample as the search's (`TEXT_MATCHES`), which tells what the HNSW
-    index loses apart from what ranking a sample of a common word's matches changes."""
+    """Recall against the exact search: the vector ranking sorted exactly and the ranking by
+    words scoring every chunk that matches."""
     p50, p95 = _percentiles(latencies)
     figures = [
         Figure("search", f"{label}: p50", p50, "ms"),
@@ -175,10 +200,7 @@ def _figures(
         Figure("search", f"{label}: queries with fewer than {K} results", short, target=0,
                compare="<="),
     ]  # fmt: skip
-    if recalls[SAME_SAMPLE]:
-        name = f"{label}: recall@{K} vs exact vector, same text sample"
-        figures.insert(3, Figure("search", name, statistics.mean(recalls[SAME_SAMPLE])))
-    parts = ((FEW_MATCHES, f"<= {TEXT_MATCHES:,}"), (MANY_MATCHES, f"> {TEXT_MATCHES:,}"))
+    parts = ((FEW_MATCHES, f"<= {COMMON:,}"), (MANY_MATCHES, f"> {COMMON:,}"))
     for part, words in parts:
         if values := recalls[part]:
             name = f"{label}: recall@{K} vs exact, words in {words} chunks ({len(values)} queries)"
@@ -199,8 +221,8 @@ async def _matches_more_than(conn: asyncpg.Connection, query: SearchQuery, limit
 
 
 async def _exact(conn: asyncpg.Connection, query: SearchQuery) -> set[tuple[str, int]]:
-    """The search without index scans: the vector ranking becomes an exact sort (the text
-    ranking uses bitmap scans of the GIN index, which are exact anyway)."""
+    """The search without index scans: the vector ranking becomes an exact sort (the words are
+    found by bitmap scans of the GIN index, which are exact anyway, and every match scored)."""
     await conn.execute("SET enable_indexscan = off")
     try:
         return _ids(await search_chunks(conn, query))

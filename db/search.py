@@ -3,13 +3,16 @@ search), or both fused by reciprocal rank fusion, with filters that never cost r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import numpy as np
 import numpy.typing as npt
+
+from db.search_filters import Params, SearchFilters, filter_clause
+from db.text_ranking import RankedChunk, rank_by_words
 
 Mode = Literal["hybrid", "vector", "text"]
 MODES: tuple[Mode, ...] = ("hybrid", "vector", "text")
@@ -20,27 +23,6 @@ RRF_K = 60
 MAX_CANDIDATES = 1000
 # Iterative index scans, which keep scanning until enough rows pass a filter.
 ITERATIVE_SCAN_SINCE = (0, 8)
-# The most chunks containing the query's words that the text ranking scores, the first found.
-# ts_rank_cd costs microseconds a chunk, and words that most chunks hold (speech follows a Zipf
-# law: "know", "think") would have it score much of the corpus: up to 0.7 s at 200,000 chunks. Rare
-# words, the ones an embedding blurs and the text ranking is for, match fewer and are all
-# scored; for common ones it ranks a sample, not the corpus's best (bench/search.py says how
-# far hybrid results then differ from a full ranking's).
-TEXT_MATCHES = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class SearchFilters:
-    speaker: str | None = None
-    channel: str | None = None
-    source: str | None = None  # a source as stored (`ingest.stages.sources.source_key`)
-    video_id: str | None = None
-    published_after: datetime | None = None  # inclusive
-    published_before: datetime | None = None  # exclusive
-
-    @property
-    def active(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +31,11 @@ class SearchQuery:
     vector: npt.NDArray[np.float32] | None  # None in text mode
     k: int
     mode: Mode = "hybrid"
-    filters: SearchFilters = SearchFilters()
+    filters: SearchFilters = field(default_factory=SearchFilters)
     one_per_video: bool = False
     ef_search: int = 40
-    text_matches: int | None = TEXT_MATCHES  # None: score every matching chunk (exact)
+    # Score every chunk that matches the words: what the ranking by counts is checked against.
+    exhaustive_text: bool = False
 
     @property
     def candidates(self) -> int:
@@ -75,7 +58,8 @@ class SearchHit:
     speakers: tuple[str, ...]  # everyone heard in the chunk, `speaker` first
     text: str
     snippet: str  # the best passages, matching words between ** and **
-    # hybrid: fused reciprocal rank; vector: cosine similarity; text: ts_rank_cd.
+    # hybrid: fused reciprocal rank; vector: cosine similarity; text: how often the
+    # query's words occur (db/text_ranking.py).
     score: float
     similarity: float | None  # cosine similarity, 1 = same direction; None in text mode
     vector_rank: int | None  # place in each ranking; None where the chunk was not in it
@@ -83,17 +67,6 @@ class SearchHit:
     transcript_source: str | None = None  # speech recognition, captions or a subtitle file
     channel: str | None = None
     published_at: datetime | None = None
-
-
-class _Params:
-    """Numbered placeholders for the values a query uses, in order."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any, cast: str = "") -> str:
-        self.values.append(value)
-        return f"${len(self.values)}{cast}"
 
 
 async def pgvector_version(conn: asyncpg.Connection) -> tuple[int, ...]:
@@ -132,45 +105,34 @@ async def ensure_search_language(conn: asyncpg.Connection, language: str) -> boo
 
 # For this transaction only. JIT compiles a plan whose estimated cost is high, as a ranking of
 # many matches is, and compiling takes longer than the short run it would speed up. A plan made
-# for the query's own words picks the GIN index for rare words and a sequential scan, stopped
-# after TEXT_MATCHES rows, for common ones; a generic plan would pick one for both. A
-# sequential scan starts where the last one stopped unless told not to, which would make the
-# matches scored differ from one run to the next.
+# for the query's own words picks the GIN index for rare words and a sequential scan for common
+# ones; a generic plan would pick one for both. A sequential scan that stops early (a sample of
+# matches) starts where the last one stopped unless told not to, which would make the matches
+# scored differ from one run to the next. Parallel workers cost more to start than the few
+# hundred chunks a ranking by counts reads.
 SETTINGS = """SELECT set_config('hnsw.ef_search', $1, true), set_config('jit', 'off', true),
                      set_config('plan_cache_mode', 'force_custom_plan', true),
-                     set_config('synchronize_seqscans', 'off', true)"""
+                     set_config('synchronize_seqscans', 'off', true),
+                     set_config('max_parallel_workers_per_gather', '0', true)"""
 
 
 async def search_chunks(conn: asyncpg.Connection, query: SearchQuery) -> list[SearchHit]:
     language = await search_language(conn)
     iterative = await pgvector_version(conn) >= ITERATIVE_SCAN_SINCE
-    params = _Params()
-    sql = _search_sql(query, language, iterative, params)
     async with conn.transaction(readonly=True):
         ef_search = max(query.ef_search, query.candidates)
         await conn.execute(SETTINGS, str(ef_search))
         if iterative and query.filters.active:
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        ranked: list[RankedChunk] = []
+        if query.mode != "vector":
+            ranked = await rank_by_words(
+                conn, query.text, language, query.filters, query.candidates, query.exhaustive_text
+            )
+        params = Params()
+        sql = _search_sql(query, language, iterative, ranked, params)
         rows = await conn.fetch(sql, *params.values)
     return [SearchHit(**{**dict(r), "speakers": tuple(r["speakers"])}) for r in rows]
-
-
-def _filters(filters: SearchFilters, p: _Params) -> str:
-    clauses = ["true"]
-    if filters.speaker is not None:
-        clauses.append(f"s.speaker = {p(filters.speaker)}")
-    if filters.channel is not None:
-        clauses.append(f"v.channel = {p(filters.channel)}")
-    if filters.source is not None:
-        listed = f"SELECT 1 FROM listings l WHERE l.source = {p(filters.source)}"  # noqa: S608
-        clauses.append(f"EXISTS ({listed} AND l.video_id = s.video_id)")
-    if filters.video_id is not None:
-        clauses.append(f"s.video_id = {p(filters.video_id)}")
-    if filters.published_after is not None:
-        clauses.append(f"v.published_at >= {p(filters.published_after, '::timestamptz')}")
-    if filters.published_before is not None:
-        clauses.append(f"v.published_at < {p(filters.published_before, '::timestamptz')}")
-    return " AND ".join(clauses)
 
 
 def _vector_ranking(query: SearchQuery, where: str, vec: str, n: str, iterative: bool) -> str:
@@ -190,17 +152,15 @@ def _vector_ranking(query: SearchQuery, where: str, vec: str, n: str, iterative:
     )"""  # noqa: S608 - constant fragments; every value is a parameter
 
 
-def _text_ranking(where: str, tsquery: str, n: str, matches: str) -> str:
-    # The inner LIMIT bounds the chunks scored (LIMIT NULL: all of them).
+def _text_ranking(ranked: list[RankedChunk], p: Params) -> str:
+    videos = p([r.video_id for r in ranked], "::text[]")
+    places = p([r.seg_index for r in ranked], "::integer[]")
+    relevance = p([r.relevance for r in ranked], "::integer[]")
     return f"""
     txt AS (
-        SELECT video_id, seg_index, relevance,
-               row_number() OVER (ORDER BY relevance DESC, video_id, seg_index) AS rank
-        FROM (SELECT m.video_id, m.seg_index, ts_rank_cd(m.text_search, {tsquery}) AS relevance
-              FROM (SELECT s.video_id, s.seg_index, s.text_search
-                    FROM segments s JOIN videos v ON v.id = s.video_id
-                    WHERE s.text_search @@ {tsquery} AND {where} LIMIT {matches}) m
-              ORDER BY relevance DESC, m.video_id, m.seg_index LIMIT {n}) c
+        SELECT video_id, seg_index, relevance, rank
+        FROM unnest({videos}, {places}, {relevance}) WITH ORDINALITY
+             AS t (video_id, seg_index, relevance, rank)
     )"""  # noqa: S608 - constant fragments; every value is a parameter
 
 
@@ -218,19 +178,19 @@ def _fusion(mode: Mode) -> str:
                FROM vec FULL JOIN txt USING (video_id, seg_index)"""  # noqa: S608
 
 
-def _search_sql(query: SearchQuery, language: str, iterative: bool, p: _Params) -> str:
+def _search_sql(
+    query: SearchQuery, language: str, iterative: bool, ranked: list[RankedChunk], p: Params
+) -> str:
     lang = p(language, "::regconfig")
     tsquery = f"websearch_to_tsquery({lang}, {p(query.text, '::text')})"
-    n = p(query.candidates, "::integer")
-    where = _filters(query.filters, p)
     ctes = []
     vec = "NULL::vector"
     if query.mode != "text":
-        vec = p(query.vector)
+        vec, n = p(query.vector), p(query.candidates, "::integer")
+        where = filter_clause(query.filters, p)
         ctes.append(_vector_ranking(query, where, vec, n, iterative))
     if query.mode != "vector":
-        matches = p(query.text_matches, "::integer")
-        ctes.append(_text_ranking(where, tsquery, n, matches))
+        ctes.append(_text_ranking(ranked, p))
     similarity = "NULL::float8" if query.mode == "text" else f"1 - (s.embedding <=> {vec})"
     one = "f.nth = 1" if query.one_per_video else "true"
     return f"""

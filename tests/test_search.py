@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -21,12 +21,12 @@ import pytest
 from db.corpus import SEARCH_INDEX, ensure_embedding_model, ensure_search_index
 from db.pool import create_pool
 from db.search import (
-    SearchFilters,
     SearchQuery,
     ensure_search_language,
     search_chunks,
     search_language,
 )
+from db.search_filters import SearchFilters
 from db.sink import ChunkRow, FinishedVideo, write_finished
 from ingest.infrastructure.config import ConfigError, Settings, load_settings
 from ingest.orchestration.search import Searcher, SearchOptions, search_options, search_upkeep
@@ -163,21 +163,23 @@ async def test_a_narrow_filter_still_returns_k_with_the_index(
         await indexed.close()
 
 
-async def test_the_text_ranking_scores_a_bounded_number_of_matches(
+async def test_the_text_ranking_by_counts_equals_scoring_every_match(
     pool: asyncpg.Pool, searcher: Searcher, embedded: tuple[list[Chunk], npt.NDArray[np.float32]]
 ) -> None:
-    # "found" is in about one chunk of six, far more than 5: five are scored, and a hybrid
-    # search still fills k from the vector ranking.
+    # "found" is in about one chunk of six: more than k, ranked by reading its counts.
     vector = embedded[1][0]
     async with pool.acquire() as conn:
-        every = await search_chunks(conn, SearchQuery("found", None, 10, "text", text_matches=None))
-        text = await search_chunks(conn, SearchQuery("found", None, 10, "text", text_matches=5))
-        hybrid = await search_chunks(conn, SearchQuery("found", vector, 10, text_matches=5))
-    assert len(every) == 10
-    assert [h.text_rank for h in text] == [1, 2, 3, 4, 5]
-    assert all("found" in h.text for h in text)
-    assert len(hybrid) == 10
-    assert sorted(h.text_rank for h in hybrid if h.text_rank is not None) == [1, 2, 3, 4, 5]
+        for fast_query in (
+            SearchQuery("found", None, 10, "text"),
+            SearchQuery("found", vector, 10, "hybrid"),
+        ):
+            fast = await search_chunks(conn, fast_query)
+            every = replace(fast_query, exhaustive_text=True)
+            assert [(h.video_id, h.seg_index, h.score) for h in fast] == [
+                (h.video_id, h.seg_index, h.score) for h in await search_chunks(conn, every)
+            ]
+            assert len(fast) == 10
+    assert all("found" in h.text for h in fast if h.text_rank is not None)
 
 
 async def test_filters_by_channel_source_video_and_upload_date(searcher: Searcher) -> None:

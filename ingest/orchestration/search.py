@@ -14,8 +14,9 @@ import asyncpg
 import structlog
 
 from db.corpus import ensure_search_index
-from db.search import MODES, Mode, SearchFilters, SearchHit, SearchQuery, search_chunks
+from db.search import MODES, Mode, SearchHit, SearchQuery, search_chunks
 from db.search import ensure_search_language as _ensure_language
+from db.search_filters import SearchFilters
 from ingest.infrastructure.config import ConfigError, Settings
 from ingest.infrastructure.database import open_database
 from ingest.infrastructure.models import load_embedder
