@@ -30,19 +30,14 @@ SAMPLE = 2000
 # most this many matches pass, they are all scored instead (the filters' own indexes find them).
 FILTERED_MATCHES = 2000
 
-# The same count as word_counts(): a lexeme without positions counts once.
-RELEVANCE = """(SELECT coalesce(sum(least(greatest(cardinality(w.positions), 1), {cap})), 0)
-                FROM unnest(s.text_search) AS w WHERE w.lexeme = ANY({words}))::integer"""
-
-# The highest count of each word in any chunk, from the top of its index entries down.
+# The highest count of each word in any chunk, from the top of its index entries down; $1 holds
+# the tsquery of each word (first index) at each count (second index).
 TOP_COUNTS = """
-SELECT coalesce((SELECT n FROM generate_series($2::integer, 1, -1) AS n
+SELECT coalesce((SELECT n FROM generate_series(array_length($1::text[], 2), 1, -1) AS n
                  WHERE EXISTS (SELECT 1 FROM segments s
-                               WHERE word_counts(s.text_search)
-                                     @@ ('''' || replace(replace(n || ':' || w, '\\', '\\\\'),
-                                                         '''', '''''') || '''')::tsquery)
+                               WHERE word_counts(s.text_search) @@ ($1::text[])[i][n]::tsquery)
                  LIMIT 1), 0)
-FROM unnest($1::text[]) WITH ORDINALITY AS u(w, i) ORDER BY i"""
+FROM generate_subscripts($1::text[], 1) AS i ORDER BY i"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +144,8 @@ async def rank_by_words(
 async def _by_counts(
     conn: asyncpg.Connection, words: Words, filters: SearchFilters, n: int
 ) -> list[RankedChunk]:
-    bounds = [r[0] for r in await conn.fetch(TOP_COUNTS, list(words.words), MAX_COUNT)]
+    tokens = [[count_token(n, w) for n in range(1, MAX_COUNT + 1)] for w in words.words]
+    bounds = [r[0] for r in await conn.fetch(TOP_COUNTS, tokens)]
     if words.required and not all(bounds):
         return []
     if not any(bounds):
@@ -179,7 +175,7 @@ async def _at_least(
     # ts_match_vq is @@ by another name, which the planner does not take to the text index:
     # the chunks of the union are few, a common word's matches are most of the corpus.
     sql = f"""
-    SELECT s.video_id, s.seg_index, {RELEVANCE.format(cap=MAX_COUNT, words=listed)} AS relevance
+    SELECT s.video_id, s.seg_index, {_relevance(listed)} AS relevance
     FROM segments s {_videos(filters)}
     WHERE ({union}) AND ts_match_vq(s.text_search, {tsquery}) AND {filter_clause(filters, p)}
     ORDER BY relevance DESC, s.video_id, s.seg_index LIMIT {p(n, "::integer")}"""  # noqa: S608
@@ -221,12 +217,19 @@ async def _score_matches(
     sql = f"""
     SELECT video_id, seg_index, relevance
     FROM (SELECT s.video_id, s.seg_index,
-                 {RELEVANCE.format(cap=MAX_COUNT, words=listed)} AS relevance
+                 {_relevance(listed)} AS relevance
           FROM (SELECT s.video_id, s.seg_index, s.text_search FROM segments s {_videos(filters)}
                 WHERE s.text_search @@ {tsquery} AND {filter_clause(filters, p)}
                 LIMIT {p(limit, "::integer")}) s) m
     ORDER BY relevance DESC, video_id, seg_index LIMIT {p(n, "::integer")}"""  # noqa: S608
     return [RankedChunk(*r) for r in await conn.fetch(sql, *p.values)]
+
+
+def _relevance(words: str) -> str:
+    """The same count as word_counts(): a lexeme without positions counts once."""
+    counts = f"least(greatest(cardinality(w.positions), 1), {MAX_COUNT})"
+    return f"""(SELECT coalesce(sum({counts}), 0) FROM unnest(s.text_search) AS w
+                WHERE w.lexeme = ANY({words}))::integer"""  # noqa: S608 - words is a placeholder
 
 
 def _videos(filters: SearchFilters) -> str:
