@@ -27,10 +27,10 @@ from db.videos import DiscoveredVideo, record_discovered
 from ingest.infrastructure.config import Settings
 from ingest.infrastructure.retry import Database
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.infrastructure.throttle import Governor
 from ingest.orchestration.claims import Claims
 from ingest.orchestration.discovery import ListingPlan, discover
 from ingest.orchestration.runner import Session
+from ingest.sites.throttle import Governor
 
 SOURCE = "https://example.org/@channel/videos"
 CLAIMS = 500

@@ -20,14 +20,20 @@ class ClaimRules:
     ttl_s: float = 120.0
     retry_failed_before: datetime | None = None  # retry videos that failed before this time
     reprocess_done_before: datetime | None = None  # redo videos done before this time
+    identity: str | None = None  # the cookies and proxy in use (ingest.sites.identity)
 
 
-# Whether video `v` may be claimed; $2 and $3 are the rules' cutoffs.
+# Whether video `v` may be claimed; $2 and $3 are the rules' cutoffs, {identity} the identity's
+# parameter. A failure that may heal is claimable once due; a video that needed other cookies or
+# another location (a proxy) once the identity the site sees has changed.
 _CLAIMABLE_VIDEO = """(
         v.status = 'discovered'
         OR (v.status = 'processing' AND (v.lease_expires_at IS NULL OR v.lease_expires_at < now()))
         OR ($2::timestamptz IS NOT NULL AND v.status = 'failed' AND v.updated_at < $2)
         OR ($3::timestamptz IS NOT NULL AND v.status = 'done' AND v.done_at < $3)
+        OR (v.status = 'failed' AND v.retry_at <= now())
+        OR (v.status = 'failed' AND v.failure_class IN ('needs_cookies', 'needs_location')
+            AND {identity}::text IS DISTINCT FROM v.failed_identity)
     )"""
 
 # The first claimable video of one source's listing at or after a position: an index walk along
@@ -38,12 +44,13 @@ WITH next AS (
     WHERE l.source = $1 AND l.position >= $6 AND NOT v.id = ANY($7::text[])
       -- Its own expired leases (a database outage) are renewed by the owner, not claimed twice.
       AND v.lease_owner IS DISTINCT FROM $4
-      AND {_CLAIMABLE_VIDEO}
+      AND {_CLAIMABLE_VIDEO.format(identity="$8")}
     ORDER BY l.position LIMIT 1 FOR UPDATE OF v SKIP LOCKED
 )
 UPDATE videos AS v SET status = 'processing', lease_owner = $4,
     lease_expires_at = now() + make_interval(secs => $5), attempts = v.attempts + 1,
-    error = NULL, updated_at = now()
+    error = NULL, failure_class = NULL, retry_at = NULL, failed_identity = NULL,
+    updated_at = now()
 FROM next WHERE v.id = next.id
 RETURNING v.id, v.url, v.title, v.extractor, next.position
 """  # noqa: S608 - constant fragments; every value is a parameter
@@ -77,16 +84,18 @@ async def claim_next(
         rules.ttl_s,
         start,
         list(excluded),
+        rules.identity,
     )
     return None if row is None else Claimed(**dict(row))
 
 
+_COUNT_SELECT = """SELECT count(*) AS videos, coalesce(sum(v.duration_s), 0) AS audio_s,
+        count(*) - count(v.duration_s) AS unknown"""
 _COUNT_CLAIMABLE = f"""
-    SELECT count(*) AS videos, coalesce(sum(v.duration_s), 0) AS audio_s,
-        count(*) - count(v.duration_s) AS unknown
+    {_COUNT_SELECT}
     FROM videos v
     WHERE v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[]))
-      AND {_CLAIMABLE_VIDEO}
+      AND {_CLAIMABLE_VIDEO.format(identity="$4")}
 """  # noqa: S608 - a constant fragment; every value is a parameter
 
 
@@ -115,6 +124,7 @@ async def count_claimable(
         list(sources),
         rules.retry_failed_before,
         rules.reprocess_done_before,
+        rules.identity,
     )
     return Claimable(row["videos"], float(row["audio_s"]), row["unknown"])
 
@@ -163,3 +173,82 @@ async def expire(conn: asyncpg.Connection, owners: Sequence[str]) -> int:
         list(owners),
     )
     return int(status.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class NextRetry:
+    """The scheduled retries among some videos: how many are due now, and when the next is."""
+
+    due: int
+    next_in_s: float | None  # None: none scheduled
+
+
+async def next_retry(conn: asyncpg.Connection, sources: Sequence[str] | None) -> NextRetry:
+    """The retries scheduled among the videos of the sources' listings (None: of all)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE v.retry_at <= now()) AS due,"
+        " extract(epoch FROM min(v.retry_at) - now())::float8 AS next_in_s"
+        " FROM videos v WHERE v.status = 'failed' AND v.retry_at IS NOT NULL AND ($1::text[]"
+        " IS NULL OR v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[])))",
+        None if sources is None else list(sources),
+    )
+    next_in = row["next_in_s"]
+    return NextRetry(row["due"], None if next_in is None else max(0.0, next_in))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where some videos stand, by what it means for a run that set out to do them."""
+
+    finished: int = 0  # done or skipped
+    failed_for_good: int = 0  # permanent, or their tries ran out
+    set_aside: int = 0  # wait for other cookies or another location
+    waiting_retry: int = 0  # failed, to be tried again on the schedule
+    left: int = 0  # still to do, or held by a lease that expired
+    elsewhere: int = 0  # under way in another replica (its lease is alive)
+
+
+async def outcome(conn: asyncpg.Connection, ids: Sequence[str], owner: str) -> Outcome:
+    """Where the videos `ids` stand, seen by `owner` (whose own leases are not elsewhere)."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE status IN ('done', 'skipped')) AS finished,
+            count(*) FILTER (WHERE status = 'failed' AND retry_at IS NULL AND
+                coalesce(failure_class, '') NOT IN ('needs_cookies', 'needs_location'))
+                AS failed_for_good,
+            count(*) FILTER (WHERE status = 'failed' AND retry_at IS NULL AND
+                failure_class IN ('needs_cookies', 'needs_location')) AS set_aside,
+            count(*) FILTER (WHERE status = 'failed' AND retry_at IS NOT NULL) AS waiting_retry,
+            count(*) FILTER (WHERE status = 'discovered' OR (status = 'processing'
+                AND NOT coalesce(lease_owner <> $2 AND lease_expires_at > now(), false)))
+                AS left,
+            count(*) FILTER (WHERE status = 'processing' AND lease_owner <> $2
+                AND lease_expires_at > now()) AS elsewhere
+        FROM videos WHERE id = ANY($1::text[])
+        """,
+        list(ids),
+        owner,
+    )
+    return Outcome(**dict(row))
+
+
+_PLANNED = f"""
+    {_COUNT_CLAIMABLE.replace(_COUNT_SELECT, "SELECT v.id")}
+    UNION SELECT v.id FROM videos v WHERE v.status = 'failed' AND v.retry_at IS NOT NULL
+      AND v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[]))
+"""  # noqa: S608 - constant fragments; every value is a parameter
+
+
+async def planned_ids(
+    conn: asyncpg.Connection, sources: Sequence[str], rules: ClaimRules
+) -> list[str]:
+    """The videos a run sets out to do: those of the sources' listings it may claim now, and
+    those waiting for a scheduled retry."""
+    rows = await conn.fetch(
+        _PLANNED,
+        list(sources),
+        rules.retry_failed_before,
+        rules.reprocess_done_before,
+        rules.identity,
+    )
+    return [row["id"] for row in rows]

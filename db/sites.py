@@ -12,7 +12,7 @@ import asyncpg
 class SitePause:
     site: str
     owner: str
-    kind: str  # throttled or needs_user
+    kind: str  # throttled, needs_user or extractor_broken
     reason: str
     fix: str | None
     resume_at: datetime | None
@@ -51,14 +51,15 @@ async def end_throttling(conn: asyncpg.Connection, owner: str) -> None:
 
 
 async def forget_needs_user(conn: asyncpg.Connection) -> None:
-    """At a run's start: the user may have fixed what was asked; the first request tells."""
-    await conn.execute("DELETE FROM site_pauses WHERE kind = 'needs_user'")
+    """At a run's start: the user may have fixed what was asked (or updated yt-dlp); the first
+    request tells."""
+    await conn.execute("DELETE FROM site_pauses WHERE kind <> 'throttled'")
 
 
 async def current_pauses(conn: asyncpg.Connection) -> list[SitePause]:
     """Pauses still running, and sites waiting for the user, newest first."""
     rows = await conn.fetch(
         "SELECT site, owner, kind, reason, fix, resume_at, pauses FROM site_pauses"
-        " WHERE kind = 'needs_user' OR resume_at > now() ORDER BY updated_at DESC"
+        " WHERE kind <> 'throttled' OR resume_at > now() ORDER BY updated_at DESC"
     )
     return [SitePause(**dict(row)) for row in rows]

@@ -32,6 +32,20 @@ class RecentError:
     error: str
     attempts: int
     updated_at: datetime
+    failure_class: str | None = None
+    retry_at: datetime | None = None  # when it is tried again; None: not by itself
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSummary:
+    """The failed videos by what happens to them next."""
+
+    waiting: int = 0  # to be tried again on the schedule
+    next_retry_at: datetime | None = None
+    gave_up: int = 0  # may have healed, but their tries ran out
+    needs_cookies: int = 0  # age-restricted or members-only: tried again when cookies change
+    needs_location: int = 0  # geo-blocked: tried again when the proxy changes
+    for_good: int = 0  # permanent: private, removed, not audio, too long...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,7 @@ class StatusSummary:
     recent_rate: float | None = None  # audio seconds per second done over the last hour
     paused_sites: list[SitePause] = field(default_factory=list)
     transcripts: dict[str, int] = field(default_factory=dict)  # done videos by transcript kind
+    failed: FailedSummary = field(default_factory=FailedSummary)
 
     @property
     def eta_s(self) -> float | None:
@@ -64,6 +79,16 @@ _RECENT_RATE = """
 _TRANSCRIPTS = """
     SELECT coalesce(split_part(transcript_source, ' (', 1), 'unrecorded') AS kind, count(*) AS n
     FROM videos WHERE status = 'done' GROUP BY 1 ORDER BY 2 DESC
+"""
+_FAILED_SUMMARY = """
+    SELECT count(*) FILTER (WHERE retry_at IS NOT NULL) AS waiting,
+        min(retry_at) AS next_retry_at,
+        count(*) FILTER (WHERE retry_at IS NULL AND failure_class = ANY($1::text[])) AS gave_up,
+        count(*) FILTER (WHERE failure_class = 'needs_cookies') AS needs_cookies,
+        count(*) FILTER (WHERE failure_class = 'needs_location') AS needs_location,
+        count(*) FILTER (WHERE retry_at IS NULL
+            AND coalesce(failure_class, 'permanent') <> ALL($2::text[])) AS for_good
+    FROM videos WHERE status = 'failed'
 """
 _TODO = """
     SELECT coalesce(sum(duration_s), 0) AS audio_s, count(*) - count(duration_s) AS unknown
@@ -131,11 +156,40 @@ UPDATE videos SET status = 'skipped', error = $2, lease_owner = NULL, lease_expi
     attempts = greatest(attempts - 1, 0), updated_at = now()
 WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'processing'))
 """
+# A failure that may heal ($5: the schedule's first delay, NULL for one that never heals) is
+# due again after a delay that doubles with each attempt, up to $6, until the video has had $7.
 _FAILED = """
-UPDATE videos SET status = 'failed', error = $2, lease_owner = NULL, lease_expires_at = NULL,
-    updated_at = now()
+UPDATE videos SET status = 'failed', error = $2, failure_class = $4,
+    retry_at = CASE WHEN $5::float8 IS NOT NULL AND attempts < $7 THEN now() + make_interval(
+        secs => least($5 * power(2, greatest(attempts - 1, 0)), $6)) END,
+    failed_identity = $8, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'processing'))
 """
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySchedule:
+    """When a failure that may heal is tried again: `first_s` after it, then twice as long after
+    each further failure, at most `max_s` apart, until a video has had `tries` attempts."""
+
+    first_s: float = 120.0
+    max_s: float = 86400.0
+    tries: int = 12
+
+
+# Classes of failure that may heal by themselves, tried again on the schedule.
+HEALING = ("transient", "decode", "extractor_broken", "needs_user")
+# Per-video conditions, tried again when the cookies or proxy settings change.
+SET_ASIDE = ("needs_cookies", "needs_location")
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """What a failed video's row says about its failure."""
+
+    error: str
+    failure_class: str = "permanent"  # see HEALING and SET_ASIDE; anything else never heals
+    identity: str | None = None  # the cookies and proxy settings' fingerprint, for SET_ASIDE
 
 
 async def mark_skipped(
@@ -163,10 +217,20 @@ async def update_metadata(conn: asyncpg.Connection, video: DiscoveredVideo) -> N
 
 
 async def mark_failed(
-    conn: asyncpg.Connection, video_id: str, error: str, owner: str | None = None
+    conn: asyncpg.Connection,
+    video_id: str,
+    failure: FailureRecord,
+    owner: str | None = None,
+    schedule: RetrySchedule | None = None,
 ) -> bool:
-    """False when `owner` no longer holds the video: nothing is written."""
-    status: str = await conn.execute(_FAILED, video_id, error, owner)
+    """Records a failure, and when it is tried again if its class may heal; False when `owner`
+    no longer holds the video: nothing is written."""
+    schedule = schedule or RetrySchedule()
+    first = schedule.first_s if failure.failure_class in HEALING else None
+    status: str = await conn.execute(
+        _FAILED, video_id, failure.error, owner, failure.failure_class, first,
+        schedule.max_s, schedule.tries, failure.identity,
+    )  # fmt: skip
     return status != "UPDATE 0"
 
 
@@ -184,14 +248,13 @@ async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> Statu
         "SELECT coalesce(sum(duration_s), 0) FROM videos WHERE status = 'done'"
     )
     rows = await conn.fetch(
-        "SELECT id, title, error, attempts, updated_at FROM videos WHERE status = 'failed'"
-        " ORDER BY updated_at DESC LIMIT $1",
+        "SELECT id AS video_id, title, coalesce(error, '') AS error, attempts, updated_at,"
+        " failure_class, retry_at FROM videos"
+        " WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1",
         errors,
     )
-    recent = [
-        RecentError(r["id"], r["title"], r["error"] or "", r["attempts"], r["updated_at"])
-        for r in rows
-    ]
+    recent = [RecentError(**dict(r)) for r in rows]
+    failed = await conn.fetchrow(_FAILED_SUMMARY, list(HEALING), [*HEALING, *SET_ASIDE])
     todo = await conn.fetchrow(_TODO)
     rate = await conn.fetchval(_RECENT_RATE)
     return StatusSummary(
@@ -204,4 +267,5 @@ async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> Statu
         recent_rate=None if rate is None else float(rate),
         paused_sites=await current_pauses(conn),
         transcripts={row["kind"]: row["n"] for row in await conn.fetch(_TRANSCRIPTS)},
+        failed=FailedSummary(**dict(failed)),
     )

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
+from ingest.infrastructure.config import CaptionsMode, load_settings
+from ingest.infrastructure.retry import Database
+from ingest.stages.download import Downloader, DownloadOptions
+from ingest.stages.ledger import Ledger
+from ingest.stages.messages import Captions, VideoJob
+from tests.conftest import Speech
+from tests.feeds import serve
+from tests.test_download import run_downloads
 from workers.captions import CaptionError, caption_file_for, parse_captions, read_caption_file
 from workers.chunking import Segment
 
@@ -316,10 +329,18 @@ def test_caption_file_beside_audio_without_language(tmp_path: Path) -> None:
     assert caption_file_for(tmp_path / "talk.mp3", None) == tmp_path / "talk.VTT"
 
 
-def test_caption_file_in_sorted_order_when_all_have_languages(tmp_path: Path) -> None:
+def test_caption_file_of_one_language_in_sorted_order(tmp_path: Path) -> None:
+    touch(tmp_path, "talk.mp3", "talk.en-US.srt", "talk.en.vtt")
+
+    assert caption_file_for(tmp_path / "talk.mp3", None) == tmp_path / "talk.en-US.srt"
+
+
+def test_caption_files_in_several_languages_and_none_asked_for(tmp_path: Path) -> None:
+    # All but one are translations, and the names do not say which.
     touch(tmp_path, "talk.mp3", "talk.fr.vtt", "talk.de.srt", "talk.en-US.srt")
 
-    assert caption_file_for(tmp_path / "talk.mp3", None) == tmp_path / "talk.de.srt"
+    assert caption_file_for(tmp_path / "talk.mp3", None) is None
+    assert caption_file_for(tmp_path / "talk.mp3", "de") == tmp_path / "talk.de.srt"
 
 
 def test_caption_file_prefers_the_language(tmp_path: Path) -> None:
@@ -362,3 +383,225 @@ def test_caption_file_with_dots_in_the_stem(tmp_path: Path) -> None:
 
 def test_caption_file_in_a_missing_folder(tmp_path: Path) -> None:
     assert caption_file_for(tmp_path / "nowhere" / "talk.mp3", None) is None
+
+
+# The captions of a video as the downloader finds them: the listings as yt-dlp's YouTube
+# extractor builds them (`process_language` in yt_dlp/extractor/youtube/_video.py), each track
+# in every subtitle format; the tracks themselves served from a local folder (the server
+# ignores the query, so each track has a path of its own).
+
+YOUTUBE_FORMATS = ("json3", "srv1", "srv2", "srv3", "ttml", "srt", "vtt")
+TRACKS = {
+    "de.vtt": "hallo und willkommen",  # YouTube's speech recognition, in the language spoken
+    "en-from-de.vtt": "hello and welcome",  # ... machine-translated
+    "fr-from-de.vtt": "bonjour et bienvenue",
+    "creator-de.vtt": "Hallo und willkommen!",  # written by the creator
+    "creator-en.vtt": "Hello and welcome!",
+}
+
+
+def vtt(text: str) -> str:
+    return f"WEBVTT\n\n00:00:00.500 --> 00:00:02.000\n{text}\n"
+
+
+def youtube_track(base: str, file: str, name: str, query: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "ext": fmt,
+            "url": f"{base}/{file}?v=VIDEO&{query}&fmt={fmt}",
+            "name": name,
+            "impersonate": True,
+        }
+        for fmt in YOUTUBE_FORMATS
+    ]
+
+
+def youtube_automatic(base: str, spoken: str, others: Sequence[str]) -> dict[str, Any]:
+    """A video spoken in `spoken`: its track under `spoken` and `spoken-orig` (no `tlang`), and
+    YouTube's machine translation into each of `others` (`tlang`), in YouTube's order."""
+    query = f"caps=asr&kind=asr&lang={spoken}"
+    tracks: dict[str, Any] = {}
+    for language in sorted([spoken, *others]):
+        if language == spoken:
+            tracks[f"{spoken}-orig"] = youtube_track(base, f"{spoken}.vtt", "(Original)", query)
+            tracks[spoken] = youtube_track(base, f"{spoken}.vtt", spoken, query)
+        else:
+            file = f"{language}-from-{spoken}.vtt"
+            tracks[language] = youtube_track(base, file, language, f"{query}&tlang={language}")
+    return tracks
+
+
+def youtube_creator(base: str, *languages: str) -> dict[str, Any]:
+    return {
+        lang: youtube_track(base, f"creator-{lang}.vtt", lang, f"lang={lang}") for lang in languages
+    }
+
+
+@pytest.fixture
+def caption_site(tmp_path: Path) -> Iterator[str]:
+    """The tracks at their paths; anything under /broken/ answers HTTP 500."""
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    for name, text in TRACKS.items():
+        (folder / name).write_text(vtt(text), encoding="utf-8")
+
+    def gate(path: str) -> tuple[int, dict[str, str]] | None:
+        return (500, {}) if path.startswith("/broken/") else None
+
+    with serve(folder, gate=gate) as base:
+        yield base
+
+
+def captions_of(
+    info: Mapping[str, Any],
+    tmp_path: Path,
+    mode: CaptionsMode = "auto",
+    language: str | None = None,
+) -> Captions | None:
+    options = DownloadOptions(tmp_path, workers=1, captions=mode, captions_language=language)
+    downloader = Downloader(options)
+    try:
+        return downloader._captions(downloader._ydl(), info)
+    finally:
+        downloader.close()
+
+
+def said(captions: Captions | None) -> tuple[str, str] | None:
+    return None if captions is None else (captions.source, texts(list(captions.segments))[0])
+
+
+def test_automatic_captions_in_the_language_spoken(caption_site: str, tmp_path: Path) -> None:
+    info = {"automatic_captions": youtube_automatic(caption_site, "de", ["en", "fr"])}
+
+    assert said(captions_of(info, tmp_path)) == (
+        "automatic captions (de)",
+        "hallo und willkommen",
+    )
+    assert captions_of(info, tmp_path, mode="manual") is None
+
+
+def test_a_translation_only_into_a_language_asked_for(caption_site: str, tmp_path: Path) -> None:
+    info = {"automatic_captions": youtube_automatic(caption_site, "de", ["en", "fr"])}
+
+    assert said(captions_of(info, tmp_path, language="en")) == (
+        "automatic captions (en, translated from de)",
+        "hello and welcome",
+    )
+    assert said(captions_of(info, tmp_path, language="de")) == (
+        "automatic captions (de)",
+        "hallo und willkommen",
+    )
+    assert captions_of(info, tmp_path, language="es") is None
+
+
+def test_an_original_track_yt_dlp_lists_once(caption_site: str, tmp_path: Path) -> None:
+    # A language YouTube does not translate (Cantonese, say) is listed without `-orig`.
+    query = "caps=asr&kind=asr&lang=de"
+    info = {"automatic_captions": {"de": youtube_track(caption_site, "de.vtt", "de", query)}}
+
+    assert said(captions_of(info, tmp_path)) == ("automatic captions (de)", "hallo und willkommen")
+
+
+def test_creator_captions_in_the_language_spoken(caption_site: str, tmp_path: Path) -> None:
+    automatic = youtube_automatic(caption_site, "de", ["en", "fr"])
+    both = {"subtitles": youtube_creator(caption_site, "en", "de"), "automatic_captions": automatic}
+    english = {"subtitles": youtube_creator(caption_site, "en"), "automatic_captions": automatic}
+
+    assert said(captions_of(both, tmp_path, mode="manual")) == (
+        "creator captions (de)",
+        "Hallo und willkommen!",
+    )
+    assert captions_of(english, tmp_path, mode="manual") is None  # the creator's translation
+    assert said(captions_of(english, tmp_path)) == (
+        "automatic captions (de)",
+        "hallo und willkommen",
+    )
+    assert said(captions_of(english, tmp_path, mode="manual", language="en")) == (
+        "creator captions (en)",
+        "Hello and welcome!",
+    )
+
+
+def test_creator_captions_when_the_language_spoken_is_unknown(
+    caption_site: str, tmp_path: Path
+) -> None:
+    one = {"subtitles": youtube_creator(caption_site, "en")}
+    two = {"subtitles": youtube_creator(caption_site, "en", "de")}
+    told = {**two, "language": "de-AT"}  # as other extractors say it
+
+    assert said(captions_of(one, tmp_path)) == ("creator captions (en)", "Hello and welcome!")
+    assert captions_of(two, tmp_path) is None
+    assert said(captions_of(told, tmp_path)) == ("creator captions (de)", "Hallo und willkommen!")
+
+
+def test_captions_that_cannot_be_fetched_leave_speech_recognition(
+    caption_site: str, tmp_path: Path
+) -> None:
+    info = {"automatic_captions": youtube_automatic(f"{caption_site}/broken", "de", ["en"])}
+
+    with capture_logs() as logs:
+        assert captions_of(info, tmp_path) is None
+
+    (warning,) = [entry for entry in logs if entry["event"] == "captions_unavailable"]
+    assert warning["log_level"] == "warning" and "500" in warning["error"]
+
+
+def test_the_language_setting_defaults_to_the_language_spoken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("INGEST_CAPTIONS_LANGUAGE", raising=False)
+    assert load_settings().captions_language is None
+    monkeypatch.setenv("INGEST_CAPTIONS_LANGUAGE", "")
+    assert load_settings().captions_language is None
+    monkeypatch.setenv("INGEST_CAPTIONS_LANGUAGE", "pt-BR")
+    assert load_settings().captions_language == "pt-BR"
+
+
+def video_page(folder: Path, track: str) -> None:
+    """A web page with the audio and a caption track, as yt-dlp's generic extractor reads it."""
+    (folder / "talk.html").write_text(
+        "<html><head><title>Talk</title></head><body><video controls>"
+        '<source src="short.wav" type="audio/wav">'
+        f'<track kind="subtitles" srclang="de" src="{track}"></video></body></html>'
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("track", "captions"),
+    [("creator-de.vtt", "creator captions (de)"), ("broken/de.vtt", None)],
+    ids=["captions", "caption server failing"],
+)
+async def test_a_video_with_captions_or_without(
+    tmp_path: Path, speech: Speech, pool: asyncpg.Pool, track: str, captions: str | None
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.short, site / "short.wav")
+    for name, text in TRACKS.items():
+        (site / name).write_text(vtt(text), encoding="utf-8")
+    video_page(site, track)
+
+    def gate(path: str) -> tuple[int, dict[str, str]] | None:
+        return (500, {}) if path.startswith("/broken/") else None
+
+    options = DownloadOptions(tmp_path / "audio", workers=1, retries=0, captions="manual")
+    downloader = Downloader(options)
+    ledger = Ledger(Database(pool), total=1)
+    with serve(site, gate=gate) as base:
+        job = VideoJob("talk", f"{base}/talk.html")
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO videos (id, url) VALUES ($1, $2)", job.video_id, job.url
+            )
+        try:
+            with capture_logs() as logs:
+                (audio,) = await run_downloads([job], downloader, ledger)
+        finally:
+            downloader.close()
+
+    assert list(ledger.failures) == []
+    assert audio.path is not None and audio.path.exists()  # speakers need the audio either way
+    assert (audio.captions and audio.captions.source) == captions
+    unavailable = [entry for entry in logs if entry["event"] == "captions_unavailable"]
+    assert len(unavailable) == (captions is None)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ingest.infrastructure.config import ConfigError, Settings, load_settings
-from ingest.infrastructure.ytdlp_options import ytdlp_params
+from ingest.sites.ytdlp_options import ytdlp_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,3 +80,45 @@ def test_yt_dlp_options_mean_what_yt_dlp_says(tmp_path: Path) -> None:
 def test_yt_dlp_options_it_rejects_are_a_setup_error() -> None:
     with pytest.raises(ConfigError, match=r"^invalid yt-dlp options .*no such option"):
         ytdlp_params(load_settings(ytdlp_args="--no-such-option"))
+
+
+def test_yt_dlp_options_the_downloader_has_defaults_for_are_kept_whenever_given() -> None:
+    args = "-f ba -R 10 --socket-timeout 5 --ppa 'ffmpeg:-v error' --no-simulate"
+    params = ytdlp_params(load_settings(ytdlp_args=args))
+    # -R 10 is yt-dlp's own default, and still the user's choice over the downloader's
+    assert (params["format"], params["retries"], params["socket_timeout"]) == ("ba", 10, 5)
+    assert params["postprocessor_args"] == {"ffmpeg": ["-v", "error"]}
+    assert "fragment_retries" not in ytdlp_params(load_settings(ytdlp_args="-R 10"))
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "why"),
+    [
+        ("-o '%(title)s.%(ext)s'", "-o/--output", "the downloader names its own files"),
+        ("--paths /tmp", "-P/--paths", "the downloader names its own files"),
+        ("-x --audio-format mp3", "-x/--extract-audio", "the downloader converts the audio"),
+        ("--exec 'rm {}'", "--exec", "the downloader converts the audio"),
+        ("--print title", "--print", "standard output is the downloader's"),
+        ("-j", "-j/--dump-json", "standard output is the downloader's"),
+        ("--skip-download", "--skip-download", "the downloader needs the audio"),
+        ("--simulate", "-s/--simulate", "the downloader needs the audio"),
+        ("--write-auto-subs", "--write-auto-subs", "reads captions itself"),
+        ("--keep-video", "-k/--keep-video", "keeps only the audio it converts"),
+        ("--ignore-errors", "-i/--ignore-errors", "to be recorded and retried"),
+        ("--download-archive done.txt", "--download-archive", "the database decides"),
+        ("--match-filters '!is_live'", "--match-filters", "one the filter rejects would fail"),
+    ],
+)
+def test_yt_dlp_options_the_downloader_cannot_work_with(args: str, option: str, why: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        ytdlp_params(load_settings(ytdlp_args=args))
+    message = str(raised.value)
+    assert message.startswith(f"INGEST_YTDLP_ARGS: {option} is not allowed: ")
+    assert why in message and "\n" not in message
+
+
+def test_yt_dlp_options_that_only_look_like_refused_ones_pass() -> None:
+    # --no-simulate and --abort-on-error set the refused options to what the downloader needs.
+    args = "--no-simulate --abort-on-error --parse-metadata 'title:%(artist)s - %(title)s'"
+    params = ytdlp_params(load_settings(ytdlp_args=args))
+    assert params["simulate"] is False and params["ignoreerrors"] is False

@@ -6,12 +6,15 @@ import asyncio
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.conftest import Speech
 from tests.feeds import Item, serve, write_feed
@@ -39,9 +42,11 @@ def wait_until(database_url: str, expected: dict[str, str], timeout: float = 120
 
 
 @contextmanager
-def following(env: dict[str, str], feed: str) -> Iterator[subprocess.Popen[str]]:
+def following(
+    env: dict[str, str], feed: str, interval: str = "1s"
+) -> Iterator[subprocess.Popen[str]]:
     """`ingest daemon` polling the feed every second; killed if the test leaves it running."""
-    daemon = start(env, "daemon", feed, "--poll-interval", "1s")
+    daemon = start(env, "daemon", feed, "--poll-interval", interval)
     try:
         yield daemon
     finally:
@@ -132,3 +137,73 @@ async def errors(database_url: str) -> dict[str, str]:
     finally:
         await conn.close()
     return {r["id"]: r["error"] for r in rows}
+
+
+@dataclass
+class Outage:
+    """Answers HTTP 500 to requests for `path` for `window_s` seconds from the first one."""
+
+    path: str
+    window_s: float
+    started: float | None = None
+    refused: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, path: str) -> tuple[int, dict[str, str]] | None:
+        if not path.endswith(self.path):
+            return None
+        with self.lock:
+            now = time.monotonic()
+            self.started = now if self.started is None else self.started
+            if now - self.started >= self.window_s:
+                return None
+            self.refused += 1
+            return 500, {}
+
+
+async def failure_of(database_url: str, video_id: str) -> asyncpg.Record | None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchrow(
+            "SELECT status, failure_class, retry_at, attempts FROM videos WHERE id = $1", video_id
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_video_whose_host_fails_for_three_minutes_ends_done_by_itself(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    for name, voice in (("a.wav", speech.short), ("b.wav", speech.medium), ("c.wav", speech.short)):
+        shutil.copy(voice, site / name)
+    outage = Outage("c.wav", window_s=180.0)
+    # One try per attempt and a first retry after 30 s: tries at about 0, 30, 90 and 210 s, so
+    # the schedule, not a burst of errors pausing the site, brings it back.
+    env = {**ingest_env, "INGEST_RETRY_ATTEMPTS": "1", "INGEST_RETRY_LATER_SECONDS": "30"}
+    with serve(site, gate=outage) as base:
+        # The broken video's host is another site ("localhost") than the others' (127.0.0.1).
+        flaky = base.replace("127.0.0.1", "localhost") + "/c.wav"
+        items = [Item("a", "A", "a.wav"), Item("b", "B", "b.wav"), Item("c", "Flaky", flaky)]
+        feed = write_feed(site, base, items)
+        # Listings an hour apart: only the schedule of retries can bring the video back.
+        with following(env, feed, "1h") as daemon:
+            wait_until(
+                database_url,
+                {"generic:a": "done", "generic:b": "done", "generic:c": "failed"},
+            )
+            failed = asyncio.run(failure_of(database_url, "generic:c"))
+            assert failed is not None and failed["failure_class"] == "transient"
+            assert failed["retry_at"] is not None
+            wait_until(
+                database_url,
+                {"generic:a": "done", "generic:b": "done", "generic:c": "done"},
+                timeout=400,
+            )
+            out = stop(daemon)
+    done = asyncio.run(failure_of(database_url, "generic:c"))
+    assert done is not None and done["attempts"] >= 3 and done["failure_class"] is None
+    assert outage.refused >= 3
+    assert "stopped: 3 done" in out

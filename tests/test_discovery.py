@@ -19,10 +19,10 @@ from db.leases import ClaimRules
 from ingest.infrastructure.config import Settings
 from ingest.infrastructure.retry import Database
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.infrastructure.throttle import Governor
 from ingest.orchestration.claims import Claims
 from ingest.orchestration.discovery import WINDOW, ListingPlan, discover
 from ingest.orchestration.runner import Session
+from ingest.sites.throttle import Governor
 from tests.feeds import Item, serve, write_feed
 from tests.test_claims import claim_all
 
@@ -167,8 +167,8 @@ async def test_limit_lists_a_window_and_widens_it_only_when_needed(
 
 
 async def test_a_source_of_a_site_waiting_for_the_user_is_not_claimed(pool: asyncpg.Pool) -> None:
-    from ingest.infrastructure.errors import Failure
     from ingest.orchestration.backfill import closed
+    from ingest.sites.errors import Failure
     from tests.test_claims import listed
 
     await listed(pool, "https://a.org/feed", ["a1", "a2"])

@@ -13,7 +13,9 @@ import re
 import shutil
 import socket
 import subprocess
+import textwrap
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -25,7 +27,18 @@ from ingest.infrastructure.config import Settings, cuda_device_count
 from ingest.infrastructure.gpu import GpuSampler
 from ingest.infrastructure.metrics import Metrics
 from ingest.infrastructure.models import AsrEngineChoice
-from ingest.orchestration.doctor import check_cuda_libraries, gpu_summary, service_tables
+from ingest.orchestration.doctor import (
+    MAX_YT_DLP_AGE_DAYS,
+    check_cuda_libraries,
+    check_ejs,
+    check_js_runtime,
+    check_po_token_provider,
+    check_yt_dlp,
+    ejs_check,
+    gpu_summary,
+    service_tables,
+)
+from ingest.sites.ytdlp_version import YtDlpRelease, installed_release, release_date
 from tests.conftest import pg_folder
 from tests.observing import free_port
 from tests.pgtcp import TcpPostgres, tcp_postgres
@@ -47,7 +60,10 @@ GOOD_SET_UP = [
     "disk",
     "ffmpeg",
     "yt-dlp",
+    "yt-dlp options",
     "js runtime",
+    "yt-dlp-ejs",
+    "po token provider",
     "device",
     "asr engine",
     "cuda libraries",
@@ -114,6 +130,9 @@ def test_a_good_set_up_passes(ingest_env: dict[str, str], outside_data_dir: Path
     for model in ("asr model", "embedding model", "voice model", "diarization model"):
         assert rows[model][0] == "ok" and " loaded in " in rows[model][1], rows[model]
     assert rows["metrics addr"] == ("ok", f"{env['INGEST_METRICS_ADDR']} is free")
+    assert rows["js runtime"][0] == "ok" and rows["js runtime"][1].startswith("deno ")
+    assert rows["yt-dlp-ejs"][0] == "ok"
+    assert rows["po token provider"][1].startswith("none; if YouTube answers 403")
 
     as_json = doctor(env, "--json", "--skip-models")
     assert as_json.returncode == 0, as_json.stderr
@@ -363,3 +382,121 @@ def test_cuda_libraries_of_the_chosen_engine(monkeypatch: pytest.MonkeyPatch) ->
     assert "transformers: torch " in check.detail
     on_torch = check_cuda_libraries(settings, AsrEngineChoice("transformers", "asked for"))
     assert on_torch.status == ("ok" if torch.cuda.is_available() else "fail")
+
+
+def settings_with(ytdlp_args: str = "", ytdlp_extractor_args: str | None = None) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None, ytdlp_args=ytdlp_args, ytdlp_extractor_args=ytdlp_extractor_args
+    )
+
+
+def test_yt_dlp_releases_are_dated() -> None:
+    assert release_date("2026.10.26") == date(2026, 10, 26)
+    assert release_date("2026.01.05.233000") == date(2026, 1, 5)  # a nightly
+    assert release_date("2026.13.40") is None and release_date("1.2.3.dev0") is None
+    release = YtDlpRelease("2026.10.26", date(2026, 10, 26))
+    assert release.age_days(date(2026, 12, 2)) == 37
+    assert YtDlpRelease("0.0.dev", None).age_days() is None
+    installed = installed_release()
+    assert installed.released == release_date(installed.version) is not None
+
+
+def test_an_old_yt_dlp_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = date(2026, 9, 1)
+    old = YtDlpRelease("2026.09.01", released)
+    monkeypatch.setattr("ingest.orchestration.doctor.installed_release", lambda: old)
+
+    recent = check_yt_dlp(today=released + timedelta(days=MAX_YT_DLP_AGE_DAYS))
+    assert (recent.status, recent.detail) == ("ok", "2026.09.01, released 60 days ago")
+    stale = check_yt_dlp(today=date(2026, 12, 2))
+    assert stale.status == "warn" and stale.detail.startswith("2026.09.01, released 92 days ago")
+    assert 'pip install -U "yt-dlp[default,deno]"' in stale.fix
+
+
+def fake_program(folder: Path, name: str, says: str) -> Path:
+    """An executable `name` in `folder` that prints `says` whatever it is asked."""
+    folder.mkdir(exist_ok=True)
+    program = folder / name
+    program.write_text(f"#!/bin/sh\necho '{says}'\n")
+    program.chmod(0o755)
+    return program
+
+
+def test_a_deno_too_old_or_missing(tmp_path: Path) -> None:
+    old = fake_program(tmp_path / "old", "deno", "deno 2.1.4 (stable, release, x86_64)")
+    new = fake_program(tmp_path / "new", "deno", "deno 2.3.1 (stable, release, x86_64)")
+
+    check = check_js_runtime(settings_with(ytdlp_args=f"--js-runtimes deno:{old}"))
+    assert check.status == "warn"
+    assert check.detail.startswith(f"deno 2.1.4 at {old} is older than 2.3.0")
+    assert "YouTube downloads need one" in check.detail
+    check = check_js_runtime(settings_with(ytdlp_args=f"--js-runtimes deno:{new}"))
+    assert (check.status, check.detail) == ("ok", f"deno 2.3.1 at {new}")
+    check = check_js_runtime(settings_with(ytdlp_args=f"--js-runtimes deno:{tmp_path}/gone"))
+    assert check.status == "warn" and check.detail.startswith("deno not found")
+
+
+def test_a_runtime_found_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = fake_program(tmp_path / "bin", "node", "v20.11.0")
+    monkeypatch.setenv("PATH", f"{node.parent}{os.pathsep}{os.environ['PATH']}")
+
+    check = check_js_runtime(settings_with(ytdlp_args="--no-js-runtimes --js-runtimes node"))
+    assert check.status == "warn"
+    assert check.detail.startswith(f"node 20.11.0 at {node} is older than 22.0.0")
+    assert 'INGEST_YTDLP_ARGS="--js-runtimes node"' in check.fix
+
+
+def test_yt_dlp_ejs_must_be_the_release_yt_dlp_expects() -> None:
+    assert check_ejs().status == "ok"  # as installed
+    assert ejs_check("0.8.3", "0.8.0").status == "ok"  # a patch release: yt-dlp takes it
+    older = ejs_check("0.7.2", "0.8.0")
+    assert older.status == "warn" and older.detail.startswith("0.7.2, but this yt-dlp runs only")
+    assert 'pip install "yt-dlp-ejs==0.8.0"' in older.fix
+    missing = ejs_check(None, "0.8.0")
+    assert missing.status == "warn" and missing.detail.startswith("not installed")
+
+
+def test_a_po_token_given_instead_of_a_provider() -> None:
+    settings = settings_with(ytdlp_extractor_args="youtube:po_token=web.gvs+SECRET")
+    check = check_po_token_provider(settings)
+    assert (check.status, check.detail) == ("ok", "none; a token is set in the extractor arguments")
+
+
+PROVIDER_PLUGIN = """
+    from yt_dlp.extractor.youtube.pot.provider import PoTokenProvider, register_provider
+
+
+    @register_provider
+    class DoctorTestPTP(PoTokenProvider):
+        PROVIDER_VERSION = "1.2.3"
+        BUG_REPORT_LOCATION = "nowhere"
+
+        def is_available(self):
+            return True
+
+        def _real_request_pot(self, request):
+            raise NotImplementedError
+"""
+
+
+def test_a_po_token_provider_plugin(ingest_env: dict[str, str], tmp_path: Path) -> None:
+    # Where pip puts a plugin package: a yt_dlp_plugins namespace folder on sys.path.
+    plugins = tmp_path / "site" / "yt_dlp_plugins" / "extractor"
+    plugins.mkdir(parents=True)
+    (plugins / "getpot_doctor_test.py").write_text(textwrap.dedent(PROVIDER_PLUGIN))
+    env = {**ingest_env, "PYTHONPATH": str(tmp_path / "site")}
+
+    result = doctor(env, "--skip-models")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report(result)["po token provider"] == ("ok", "DoctorTest 1.2.3")
+
+
+def test_yt_dlp_options_the_downloader_refuses(ingest_env: dict[str, str]) -> None:
+    env = {**ingest_env, "INGEST_YTDLP_ARGS": "--proxy socks5://u:pw@127.0.0.1:1080 -o x.%(ext)s"}
+    result = doctor(env, "--skip-models")
+    assert_fails_only(
+        result,
+        "yt-dlp options",
+        "INGEST_YTDLP_ARGS: -o/--output is not allowed: the downloader names its own files",
+    )
+    assert report(result)["js runtime"][0] == "ok"  # yt-dlp's default runtime, deno

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+import wave
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
 
+from ingest.infrastructure.config import load_settings
 from ingest.infrastructure.retry import Database
-from ingest.infrastructure.throttle import Governor
+from ingest.sites.throttle import Governor
+from ingest.sites.ytdlp_options import ytdlp_params
 from ingest.stages.download import Downloader, DownloadOptions, audio_stem, download_stage
 from ingest.stages.ledger import Ledger
 from ingest.stages.messages import AudioFile, VideoJob
@@ -98,8 +101,60 @@ async def test_cancelling_stops_downloads_and_removes_partial_files(
 
 
 def test_error_messages_are_one_plain_line() -> None:
-    from ingest.infrastructure.errors import describe_error
+    from ingest.infrastructure.logging import describe_error
 
     raw = RuntimeError("\x1b[0;31mERROR:\x1b[0m [generic] x: Unable to\n  download: HTTP 404")
     assert describe_error(raw) == "[generic] x: Unable to download: HTTP 404"
     assert describe_error(KeyError()) == "KeyError"
+
+
+def test_the_users_yt_dlp_options_win_over_the_downloaders_defaults(tmp_path: Path) -> None:
+    args = "-f worstaudio -R 7 --socket-timeout 4 --ppa 'ffmpeg:-v error'"
+    ytdlp = ytdlp_params(load_settings(ytdlp_args=args))
+    downloader = Downloader(DownloadOptions(tmp_path, socket_timeout=30, retries=3, ytdlp=ytdlp))
+    plain = Downloader(DownloadOptions(tmp_path, socket_timeout=30, retries=3))
+    try:
+        given, defaults = downloader._ydl().params, plain._ydl().params
+    finally:
+        downloader.close()
+        plain.close()
+    assert (given["format"], given["retries"], given["socket_timeout"]) == ("worstaudio", 7, 4)
+    assert given["fragment_retries"] == 3  # not given: the INGEST_DOWNLOAD_RETRIES setting
+    assert given["postprocessor_args"] == {
+        "completeaudio": ["-ar", "16000", "-ac", "1"],
+        "ffmpeg": ["-v", "error"],
+    }
+    assert (defaults["format"], defaults["retries"], defaults["socket_timeout"]) == (
+        "bestaudio/best",
+        3,
+        30,
+    )
+    assert given["noplaylist"] and given["progress_hooks"] == [downloader._check_cancelled]
+
+
+@pytest.mark.parametrize(
+    ("args", "rate"),
+    [("--ppa 'ffmpeg:-v error'", 16000), ("--ppa 'CompleteAudio:-ar 8000 -ac 1'", 8000)],
+    ids=["other post-processor arguments", "the conversion's own"],
+)
+async def test_the_users_conversion_arguments_replace_the_downloaders(
+    tmp_path: Path, speech: Speech, pool: asyncpg.Pool, args: str, rate: int
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(speech.short, site / "short.wav")
+    ytdlp = ytdlp_params(load_settings(ytdlp_args=args))
+    downloader = Downloader(DownloadOptions(tmp_path / "audio", workers=1, ytdlp=ytdlp))
+    with serve(site) as base:
+        job = VideoJob("talk", f"{base}/short.wav")
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO videos (id, url) VALUES ($1, $2)", job.video_id, job.url
+            )
+        try:
+            (audio,) = await run_downloads([job], downloader, Ledger(Database(pool), total=1))
+        finally:
+            downloader.close()
+    assert audio.path is not None
+    with wave.open(str(audio.path)) as converted:
+        assert (converted.getframerate(), converted.getnchannels()) == (rate, 1)

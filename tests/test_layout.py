@@ -1,4 +1,4 @@
-"""The layers import one way: orchestration → stages → infrastructure → workers and db, and
+"""The layers import one way: orchestration → stages → sites → infrastructure → workers and db, and
 nothing imports in a circle. Read from the source, so an import inside a function counts too."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RANK = {"orchestration": 3, "stages": 2, "infrastructure": 1, "workers": 0, "db": 0}
+RANK = {"orchestration": 4, "stages": 3, "sites": 2, "infrastructure": 1, "workers": 0, "db": 0}
 
 
 def module_name(path: Path) -> str:
@@ -71,4 +71,4 @@ def test_the_checks_see_an_upward_import(tmp_path: Path) -> None:
     source.write_text("from ingest.orchestration import backfill\nimport db.pool\n")
     found = imported(source, set(project_modules()))
     assert found == {"ingest.orchestration", "ingest.orchestration.backfill", "db.pool"}
-    assert (rank("ingest.orchestration.backfill"), rank("ingest.stages.download")) == (3, 2)
+    assert (rank("ingest.orchestration.backfill"), rank("ingest.stages.download")) == (4, 3)

@@ -8,7 +8,8 @@ import asyncpg
 import pytest
 
 from db.videos import DiscoveredVideo, mark_skipped, record_discovered
-from ingest.infrastructure.retry import Database, RetryPolicy, is_transient, retry_transient
+from ingest.infrastructure.retry import Database, RetryPolicy, retry_transient
+from ingest.sites.errors import is_transient
 from ingest.stages.download import (
     Downloader,
     DownloadOptions,
@@ -51,7 +52,7 @@ async def test_transient_failures_are_retried_a_bounded_number_of_times() -> Non
             raise RuntimeError("HTTP Error 503: Service Unavailable")
         return "ok"
 
-    assert await retry_transient(RetryPolicy(3, 0.01, 0.05), "test", flaky) == "ok"
+    assert await retry_transient(RetryPolicy(3, 0.01, 0.05), "test", flaky, is_transient) == "ok"
     assert len(calls) == 3
 
     calls.clear()
@@ -61,7 +62,7 @@ async def test_transient_failures_are_retried_a_bounded_number_of_times() -> Non
         raise RuntimeError("HTTP Error 502: Bad Gateway")
 
     with pytest.raises(RuntimeError, match="502"):
-        await retry_transient(RetryPolicy(4, 0.01, 0.05), "test", always_down)
+        await retry_transient(RetryPolicy(4, 0.01, 0.05), "test", always_down, is_transient)
     assert len(calls) == 4
 
 
@@ -73,7 +74,7 @@ async def test_permanent_failures_are_not_retried() -> None:
         raise RuntimeError("HTTP Error 404: Not Found")
 
     with pytest.raises(RuntimeError, match="404"):
-        await retry_transient(RetryPolicy(5, 0.01, 0.05), "test", gone)
+        await retry_transient(RetryPolicy(5, 0.01, 0.05), "test", gone, is_transient)
     assert len(calls) == 1
 
 

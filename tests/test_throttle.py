@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
-from ingest.infrastructure.errors import Failure
-from ingest.infrastructure.throttle import (
+from ingest.sites.errors import Failure
+from ingest.sites.throttle import (
     Governor,
     SiteBlocked,
+    SitePaused,
     ThrottleOptions,
     ThrottleStopped,
+    Ticket,
     governed,
 )
 
@@ -28,7 +30,13 @@ class TooManyRequests(Exception):
 
 
 def governor(**options: Any) -> Governor:
-    return Governor(ThrottleOptions(**{"initial_s": 0.2, "jitter": 0.0, **options}))
+    defaults = {"initial_s": 0.2, "jitter": 0.0, "resume_jitter_s": 0.05}
+    return Governor(ThrottleOptions(**{**defaults, **options}))
+
+
+def probe_of(gov: Governor, site: str) -> Ticket:
+    """The ticket of the probe of the site's current pause."""
+    return Ticket(gov._sites[site].epoch, probe=True)
 
 
 async def test_a_pause_holds_every_request_then_one_probe_goes_first() -> None:
@@ -38,10 +46,10 @@ async def test_a_pause_holds_every_request_then_one_probe_goes_first() -> None:
 
     async def request() -> None:
         probe = await gov.admit("x.org")
-        went.append((probe, time.monotonic() - started))
+        went.append((probe.probe, time.monotonic() - started))
         if probe:
             await asyncio.sleep(0.2)
-        gov.answered("x.org")
+        gov.answered("x.org", probe)
 
     started = time.monotonic()
     await asyncio.gather(request(), request(), request())
@@ -57,9 +65,9 @@ async def test_pauses_double_without_retry_after_and_stop_at_the_cap() -> None:
     gov = governor(initial_s=1.0, max_s=5.0)
     no_hint = Failure("throttled", "bot check")
     pauses = []
-    for _ in range(4):
-        pauses.append(gov.throttled("x.org", no_hint))
-        gov._sites["x.org"].probing = True  # the probe of each pause was throttled again
+    pauses.append(gov.throttled("x.org", no_hint))
+    for _ in range(3):  # the probe of each pause was throttled again
+        pauses.append(gov.throttled("x.org", no_hint, probe_of(gov, "x.org")))
     assert pauses == pytest.approx([1.0, 2.0, 4.0, 5.0], abs=0.01)
     gov.answered("x.org")
     assert gov.throttled("x.org", no_hint) == pytest.approx(1.0, abs=0.01)  # the streak ended
@@ -90,7 +98,11 @@ async def test_a_site_that_needs_the_user_blocks_every_request() -> None:
     gov = governor()
 
     async def sign_in() -> None:
-        raise RuntimeError("ERROR: [youtube] x: Sign in to confirm your age")
+        # extractor/youtube/_base.py, when the cookies' session has been rotated by the browser
+        raise RuntimeError(
+            "ERROR: [youtube] x: The provided YouTube account cookies are no longer valid. "
+            "They have likely been rotated in the browser as a security measure."
+        )
 
     with pytest.raises(SiteBlocked, match="INGEST_COOKIES_FILE"):
         await governed(gov, "youtube.com", sign_in)
@@ -98,6 +110,21 @@ async def test_a_site_that_needs_the_user_blocks_every_request() -> None:
         await gov.admit("youtube.com")
     await gov.admit("other.org")  # other sites go on
     assert gov.status()[0].blocked
+
+
+async def test_an_age_gated_video_fails_alone_and_the_site_goes_on() -> None:
+    gov = governor()
+
+    async def age_gate() -> None:
+        raise RuntimeError(
+            "ERROR: [youtube] x: Sign in to confirm your age. This video may be inappropriate "
+            "for some users."
+        )
+
+    with pytest.raises(RuntimeError, match="confirm your age"):
+        await governed(gov, "youtube.com", age_gate, hand_back=True)
+    assert not gov.is_blocked("youtube.com")
+    assert not (await gov.admit("youtube.com", hand_back=True)).probe
 
 
 async def test_stopping_releases_the_waiting_requests() -> None:
@@ -122,7 +149,7 @@ async def test_a_cancelled_probe_lets_the_next_request_probe() -> None:
     probe.cancel()
     with pytest.raises(asyncio.CancelledError):
         await probe
-    assert await asyncio.wait_for(gov.admit("x.org"), 1) is True
+    assert (await asyncio.wait_for(gov.admit("x.org"), 1)).probe
 
 
 async def test_pacing_spaces_downloads_evenly() -> None:
@@ -154,8 +181,6 @@ async def test_the_progress_display_says_who_throttles_and_when_the_next_try_is(
 
 
 async def test_a_download_that_meets_a_pause_gives_up_at_once_and_claiming_waits_for_it() -> None:
-    from ingest.infrastructure.throttle import SitePaused
-
     gov = governor()
     gov.throttled("x.org", SLOW_DOWN)
     with pytest.raises(SitePaused):
@@ -167,8 +192,6 @@ async def test_a_download_that_meets_a_pause_gives_up_at_once_and_claiming_waits
 
 
 async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> None:
-    from ingest.infrastructure.throttle import SitePaused
-
     gov = governor()
     calls = 0
 
@@ -183,8 +206,8 @@ async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> N
 
 
 def test_transient_failures_in_a_burst_are_throttling_until_a_request_is_answered() -> None:
-    from ingest.infrastructure.errors import classify
-    from ingest.infrastructure.throttle import FailureBurst
+    from ingest.sites.errors import classify
+    from ingest.sites.throttle import FailureBurst
 
     now = [0.0]
     gov = Governor(ThrottleOptions(burst=3, burst_window_s=10.0), clock=lambda: now[0])
@@ -200,3 +223,87 @@ def test_transient_failures_in_a_burst_are_throttling_until_a_request_is_answere
         gov.check_burst("x.org", reset)
     gov.answered("x.org")
     gov.check_burst("x.org", reset)  # an answer ended it
+
+
+async def test_downloads_in_flight_when_a_pause_begins_neither_end_it_nor_reset_the_backoff() -> (
+    None
+):
+    gov = governor(initial_s=1.0)
+    release = asyncio.Event()
+
+    async def slow_but_fine() -> str:
+        await release.wait()
+        return "ok"
+
+    async def too_many() -> str:
+        raise TooManyRequests
+
+    in_flight = [
+        asyncio.create_task(governed(gov, "x.org", slow_but_fine, hand_back=True)) for _ in range(5)
+    ]
+    await asyncio.sleep(0.05)
+    with pytest.raises(SitePaused):
+        await governed(gov, "x.org", too_many, hand_back=True)
+    release.set()  # the five started before the pause finish during it
+    assert await asyncio.gather(*in_flight) == ["ok"] * 5
+    status = gov.site_status("x.org")
+    assert status.paused and status.resume_in_s > 0.8, status  # still paused
+    await gov.reopened("x.org")
+    with pytest.raises(SitePaused):  # the probe meets the throttling again
+        await governed(gov, "x.org", too_many, hand_back=True)
+    # The backoff doubled: nothing in between reset the streak.
+    assert gov.site_status("x.org").resume_in_s > 1.8
+    assert gov.site_status("x.org").pauses == 2
+
+
+async def test_a_retry_after_of_zero_does_not_cut_the_backoff_short() -> None:
+    gov = governor(initial_s=2.0)
+    assert gov.throttled("x.org", Failure("throttled", "429", retry_after_s=0.0)) >= 2.0
+    probe = probe_of(gov, "x.org")
+    assert gov.throttled("x.org", Failure("throttled", "429", retry_after_s=0.0), probe) >= 4.0
+    later = Failure("throttled", "429", retry_after_s=30.0)
+    assert gov.throttled("x.org", later, probe_of(gov, "x.org")) >= 30.0  # the larger one
+
+
+async def test_a_probe_without_an_answer_by_its_deadline_counts_as_throttled() -> None:
+    gov = governor(probe_deadline_s=0.3)
+    gov.throttled("x.org", SLOW_DOWN)
+    probe = await asyncio.wait_for(gov.admit("x.org"), 2)
+    assert probe.probe
+    await asyncio.sleep(0.5)  # the probe hangs past its deadline
+    status = gov.site_status("x.org")
+    assert status.paused and status.pauses == 2 and status.resume_in_s > 0
+    assert not gov.answered("x.org", probe)  # its late answer says nothing about now
+    assert gov.site_status("x.org").paused
+
+
+async def test_requests_resume_spread_out_after_a_pause() -> None:
+    gov = governor(resume_jitter_s=0.5)
+    gov.throttled("x.org", SLOW_DOWN)
+    went: list[float] = []
+
+    async def request() -> None:
+        ticket = await gov.admit("x.org")
+        went.append(time.monotonic())
+        gov.answered("x.org", ticket)
+
+    await asyncio.gather(*(request() for _ in range(6)))
+    _probe_at, *others = sorted(went)
+    assert max(others) - min(others) > 0.05  # not all at once
+
+
+async def test_a_blocked_site_is_probed_again_later_and_reopens_when_fixed() -> None:
+    gov = governor(blocked_probe_s=0.3)
+    gov.block("x.org", Failure("needs_user", "PO token required", "install a provider"))
+    with pytest.raises(SiteBlocked):
+        await gov.admit("x.org")
+    assert gov.is_blocked("x.org")
+    await asyncio.sleep(0.35)
+    assert not gov.is_blocked("x.org")  # due for a probe: its videos may be claimed again
+    probe = await gov.admit("x.org")
+    assert probe.probe
+    with pytest.raises(SiteBlocked):  # only the probe goes
+        await gov.admit("x.org")
+    assert gov.answered("x.org", probe)
+    assert not gov.site_status("x.org").paused
+    assert not (await gov.admit("x.org")).probe

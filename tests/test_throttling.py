@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import Speech
-from tests.feeds import Gate, fill, serve, write_feed
+from tests.feeds import Gate, Item, fill, serve, write_feed
 from tests.test_backfill import fetch, ingest
 
 
@@ -25,6 +25,7 @@ class Throttler:
     after: int
     window_s: float
     hang_up: bool = False  # drop the connection instead of answering 429
+    retry_after: int | None = None  # a fixed Retry-After; None: the rest of the window
     requests: int = 0
     started: float | None = None
     during: list[float] = field(default_factory=list)  # when requests came during the window
@@ -44,7 +45,7 @@ class Throttler:
             if self.hang_up:
                 return 0, {}
             left = math.ceil(self.window_s - (now - self.started))
-            return 429, {"Retry-After": str(left)}
+            return 429, {"Retry-After": str(self.retry_after or left)}
 
 
 async def statuses(database_url: str) -> dict[str, tuple[str, int]]:
@@ -70,28 +71,35 @@ def paused_line(result: subprocess.CompletedProcess[str]) -> str:
 def test_a_throttling_server_pauses_every_download_and_fails_none(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
 ) -> None:
+    """429 with Retry-After 10 to every request for a minute from the third media request,
+    and two broken entries (404): every good video ends done, and the exit status is 1 only for
+    the broken ones. Pauses of 10, 20, 40 s: several rounds of hand-backs while the feed's
+    walk has nothing left to claim, the race that once ended such a run early with exit 0."""
     site = tmp_path / "site"
     site.mkdir()
-    items = fill(site, [speech.short, speech.medium], 12)
-    throttler = Throttler(after=3, window_s=60.0)
-    env = {**ingest_env, "INGEST_DOWNLOAD_WORKERS": "8", "INGEST_RETRY_BACKOFF_SECONDS": "0.1"}
+    items = fill(site, [speech.short, speech.medium], 10)
+    broken = [Item("gone1", "Gone", "gone1.wav"), Item("gone2", "Gone too", "gone2.wav")]
+    throttler = Throttler(after=3, window_s=60.0, retry_after=10)
+    env = {**ingest_env, "INGEST_DOWNLOAD_WORKERS": "8", "INGEST_RETRY_BACKOFF_SECONDS": "0.1",
+           "INGEST_THROTTLE_INITIAL_SECONDS": "10"}  # fmt: skip
     with serve(site, gate=throttler) as base:
         started = time.monotonic()
-        result = ingest(env, "backfill", write_feed(site, base, items))
+        result = ingest(env, "backfill", write_feed(site, base, [*items, *broken]))
         elapsed = time.monotonic() - started
-    assert result.returncode == 0, result.stderr
-    assert "12 done, 0 failed of 12 videos" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "10 done, 2 failed of 12 videos" in result.stdout, result.stdout
     assert "throttled by 127.0.0.1" in result.stdout
     videos = asyncio.run(statuses(database_url))
-    assert set(videos.values()) == {("done", 1)}  # no attempt spent on the throttling
+    good = {k: v for k, v in videos.items() if "gone" not in k}
+    assert set(good.values()) == {("done", 1)}, videos  # no attempt spent on the throttling
+    assert {videos["generic:gone1"][0], videos["generic:gone2"][0]} == {"failed"}
     # The downloads that met the pause handed their videos back, to be claimed again after it.
     assert "video_handed_back" in result.stdout + result.stderr
     assert elapsed >= 60.0
-    # Only the downloads already under way when the first 429 came (each is at most two
-    # requests: the extraction's and the media's; yt-dlp does not retry a 4xx itself), all at
-    # the start of the window: not eight downloaders knocking for a minute.
-    assert len(throttler.during) <= 2 * 8, throttler.during
-    assert max(throttler.during) < 4.0, throttler.during
+    # Only the downloads under way when the first 429 came (each is at most two requests: the
+    # extraction's and the media's) and one probe per pause: not eight downloaders knocking
+    # for a minute.
+    assert len(throttler.during) <= 2 * 8 + 2 * 3, throttler.during
 
 
 def test_connections_dropped_in_a_burst_pause_the_site_instead_of_failing_videos(
@@ -151,3 +159,18 @@ def test_a_site_that_needs_the_user_is_paused_and_says_what_to_do(
     report = json.loads(ingest(ingest_env, "status", "--json").stdout)
     (pause,) = report["paused_sites"]
     assert (pause["site"], pause["kind"]) == ("127.0.0.1", "needs_user")
+
+
+def test_a_backfill_gives_up_on_a_site_throttled_past_the_longest_wait(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    throttler = Throttler(after=1, window_s=600.0, retry_after=2)
+    env = {**ingest_env, "INGEST_MAX_THROTTLE_WAIT": "6s",
+           "INGEST_THROTTLE_INITIAL_SECONDS": "2"}  # fmt: skip
+    result = gated_backfill(tmp_path / "site", [speech.short], 4, env, throttler)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "0 done, 0 failed of 4 videos" in result.stdout
+    assert "gave up waiting for 127.0.0.1" in result.stdout
+    assert "4 videos left to do" in result.stdout
+    # Nothing was spent: a later run (when the site relents) takes every video afresh.
+    assert set(asyncio.run(statuses(database_url)).values()) == {("discovered", 0)}

@@ -75,12 +75,18 @@ def caption_file_for(audio: Path, language: str | None = None) -> Path | None:
 
     With a language, its file is preferred (exact tag, then the same base language: `en-US` for
     `en`), then one without a language; a file in another language is never chosen, as it is a
-    translation rather than a transcript. Without one, a file without a language is preferred.
-    Ties go to the first name in sorted order.
+    translation rather than a transcript. Without one, a file without a language is preferred,
+    then one in the only language there is: files in several languages give none, as all but
+    one of them are translations and the names do not say which. Ties go to the first name in
+    sorted order.
     """
+    beside = _captions_beside(audio)
+    languages = {_base(lang) for lang, _ in beside if lang is not None}
+    if language is None and len(languages) > 1 and all(lang for lang, _ in beside):
+        return None
     ranked = sorted(
         (rank, path.name, path)
-        for lang, path in _captions_beside(audio)
+        for lang, path in beside
         if (rank := _rank(lang, language)) is not None
     )
     return ranked[0][2] if ranked else None

@@ -1,3 +1,3 @@
-"""What the stages and the run stand on: settings, logging, metrics, errors and retries, site
-throttling, shutdown, the event loop, the database and model loading, GPU sampling, HTTP
-endpoints. Imports neither stages nor orchestration."""
+"""What the stages and the run stand on: settings, logging, metrics, retries, shutdown, the
+event loop, the database and model loading, GPU sampling, HTTP endpoints. Imports neither sites,
+stages nor orchestration."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 GPU_ASR_MODEL = "distil-large-v3"
 CPU_ASR_MODEL = "base"
+# A duration: 90, 90s, 15m, 6h, 1d.
+_DURATION = r"^\s*\d+(\.\d+)?\s*[smhdSMHD]?\s*$"
 
 
 class ConfigError(Exception):
@@ -52,7 +55,7 @@ class Settings(BaseSettings):
     asr_language: str | None = None
     asr_engine: AsrEngine = "auto"
     captions: CaptionsMode = "manual"
-    captions_language: str = "en"
+    captions_language: str | None = None  # None: the language spoken in each video
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embed_batch: int = Field(default=1000, ge=1)
     embed_encode_batch: int = Field(default=32, ge=1)
@@ -86,9 +89,14 @@ class Settings(BaseSettings):
     max_videos_per_hour: float = Field(default=0.0, ge=0)
     throttle_initial_seconds: float = Field(default=60.0, gt=0)
     throttle_max_seconds: float = Field(default=1800.0, gt=0)
+    max_throttle_wait: str = Field(default="6h", pattern=_DURATION)
+    retry_later_seconds: float = Field(default=120.0, gt=0)
+    retry_later_max_seconds: float = Field(default=86400.0, gt=0)
+    retry_later_tries: int = Field(default=12, ge=1)
+    backfill_retry_wait: str = Field(default="15m", pattern=_DURATION)
     db_outage_seconds: float = Field(default=600.0, gt=0)
     lease_seconds: float = Field(default=120.0, ge=5)
-    full_listing_interval: str = Field(default="1d", pattern=r"^\s*\d+(\.\d+)?\s*[smhdSMHD]?\s*$")
+    full_listing_interval: str = Field(default="1d", pattern=_DURATION)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     download_workers: int = Field(default=24, ge=1)
     download_socket_timeout: float = Field(default=30.0, gt=0)
@@ -111,8 +119,9 @@ class Settings(BaseSettings):
     event_loop: EventLoop = "auto"
 
     @field_validator(
-        "database_url", "asr_model", "asr_workers", "asr_language", "hf_token", "ytdlp_rate_limit",
-        "ytdlp_extractor_args", "cookies_file", "cookies_from_browser", "chunk_min_chars",
+        "database_url", "asr_model", "asr_workers", "asr_language", "captions_language",
+        "hf_token", "ytdlp_rate_limit", "ytdlp_extractor_args", "cookies_file",
+        "cookies_from_browser", "chunk_min_chars",
         mode="before",
     )  # fmt: skip
     @classmethod
@@ -211,3 +220,15 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+
+
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> float:
+    """`90`, `90s`, `15m`, `1h`, `1d` → seconds."""
+    match = _INTERVAL.match(text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"invalid interval {text!r}: use e.g. 90s, 15m, 1h")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]

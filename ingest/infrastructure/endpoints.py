@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import asyncpg
 from prometheus_client import make_wsgi_app
 
-from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.logging import describe_error
 from ingest.infrastructure.metrics import Metrics
 
 HealthCheck = Callable[[], tuple[bool, str]]

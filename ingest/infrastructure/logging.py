@@ -70,3 +70,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One plain line: the exception's own message, its type when it has none."""
+    message = " ".join(_ANSI.sub("", str(exc)).split()).removeprefix("ERROR: ")
+    return message or type(exc).__name__

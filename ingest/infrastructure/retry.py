@@ -17,8 +17,6 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from ingest.infrastructure.errors import classify
-
 log = structlog.get_logger()
 T = TypeVar("T")
 
@@ -28,12 +26,6 @@ class RetryPolicy:
     attempts: int = 3
     initial_s: float = 2.0
     max_s: float = 60.0
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A one-off failure worth retrying (network, server-side). Throttling is not retried here:
-    the throttle governor pauses the whole site instead (ingest.infrastructure.throttle)."""
-    return classify(exc).kind == "transient"
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -57,10 +49,15 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     return before_sleep
 
 
-async def retry_transient(policy: RetryPolicy, what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """`call` again after transient failures, at most `policy.attempts` times in all."""
+async def retry_transient(
+    policy: RetryPolicy,
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    transient: Callable[[BaseException], bool],
+) -> T:
+    """`call` again after failures that are `transient`, at most `policy.attempts` times in all."""
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception(is_transient),
+        retry=retry_if_exception(transient),
         stop=stop_after_attempt(policy.attempts),
         wait=wait_exponential_jitter(
             multiplier=policy.initial_s, max=policy.max_s, jitter=policy.initial_s

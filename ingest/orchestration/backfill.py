@@ -2,33 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
 
-from db import sites
-from db.leases import Claimable, ClaimRules
+from db import leases, sites
+from db.leases import Claimable, ClaimRules, Outcome
 from db.sites import SitePause
-from ingest.infrastructure.config import Settings
+from db.videos import RetrySchedule
+from ingest.infrastructure.config import Settings, parse_interval
 from ingest.infrastructure.database import open_database
-from ingest.infrastructure.errors import site_of
 from ingest.infrastructure.metrics import Metrics
 from ingest.infrastructure.observe import observed
 from ingest.infrastructure.retry import Database
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.infrastructure.throttle import Governor, SiteStatus, ThrottleOptions
 from ingest.orchestration.claims import Claims, new_owner
 from ingest.orchestration.discovery import ListingPlan, SourceFailure, discover
 from ingest.orchestration.runner import Display, Session, run_jobs
 from ingest.orchestration.search import search_upkeep
+from ingest.sites.errors import site_of
+from ingest.sites.identity import identity
+from ingest.sites.throttle import Governor, SiteStatus, ThrottleOptions
 from ingest.stages.ledger import Ledger
 
 log = structlog.get_logger()
+
+
+# Exit statuses of a backfill, beside 0 (all done) and 2 (a usage or setup error).
+EXIT_FAILED = 1  # a video failed for good or was set aside, a source failed, a site needs you
+EXIT_THROTTLED = 3  # a site stayed throttled past INGEST_MAX_THROTTLE_WAIT: the rest left to do
+EXIT_RETRY_LATER = 4  # videos wait for a scheduled retry beyond INGEST_BACKFILL_RETRY_WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,9 @@ class BackfillResult:
     failures: tuple[tuple[str, str], ...]  # (video id, error)
     source_failures: tuple[SourceFailure, ...]
     sites: tuple[SiteStatus, ...] = ()  # sites paused during the run
+    # Where the videos the run set out to do stand at its end.
+    outcome: Outcome = field(default_factory=Outcome)
+    gave_up_on: tuple[str, ...] = ()  # sites throttled past INGEST_MAX_THROTTLE_WAIT
 
     @property
     def blocked(self) -> tuple[SiteStatus, ...]:
@@ -53,9 +66,18 @@ class BackfillResult:
 
     @property
     def exit_code(self) -> int:
-        """1 when a video or a source failed, or a site needs the user; a graceful stop, or a
-        throttled site that let the run finish, is not a failure."""
-        return 1 if self.failed or self.source_failures or self.blocked else 0
+        """0 only when every video the run set out to do is done or failed for good (then 1),
+        or a signal stopped it; see the EXIT_ statuses."""
+        o = self.outcome
+        if self.gave_up_on:
+            return EXIT_THROTTLED
+        if self.stopped:
+            return EXIT_FAILED if o.failed_for_good or o.set_aside else 0
+        if o.failed_for_good or o.set_aside or self.source_failures or self.blocked:
+            return EXIT_FAILED
+        if o.waiting_retry:
+            return EXIT_RETRY_LATER
+        return EXIT_FAILED if o.left else 0
 
 
 async def publish_pause(db: Database, owner: str, status: SiteStatus) -> None:
@@ -63,8 +85,7 @@ async def publish_pause(db: Database, owner: str, status: SiteStatus) -> None:
     if not status.paused:
         await db.run(lambda conn: sites.clear_pause(conn, owner, status.site))
         return
-    kind = "needs_user" if status.blocked else "throttled"
-    pause = SitePause(status.site, owner, kind, status.reason, status.fix or None, None,
+    pause = SitePause(status.site, owner, status.kind, status.reason, status.fix or None, None,
                       status.pauses)  # fmt: skip
     resume_in = None if status.blocked else status.resume_in_s
     await db.run(lambda conn: sites.record_pause(conn, owner, pause, resume_in))
@@ -87,7 +108,7 @@ async def session(
         db = Database(pool, settings.db_outage_seconds)
         # Cutoffs ("failed before this run") are the database's time: clients' clocks drift.
         now: datetime = await db.run(lambda conn: conn.fetchval("SELECT now()"))
-        claims = Claims(db, new_owner(), rules(now))
+        claims = Claims(db, new_owner(), replace(rules(now), identity=identity(settings)))
         await claims.take_over_dead()
         publish = functools.partial(publish_pause, db, claims.owner)
         governor = Governor(throttle_options(settings), metrics, publish=publish)
@@ -96,6 +117,13 @@ async def session(
             yield Session(settings, db, claims, shutdown, governor), metrics
         finally:
             await db.run(lambda conn: sites.end_throttling(conn, claims.owner))
+
+
+def new_ledger(run: Session, total: int, metrics: Metrics, keep: int | None = None) -> Ledger:
+    s = run.settings
+    schedule = RetrySchedule(s.retry_later_seconds, s.retry_later_max_seconds, s.retry_later_tries)
+    owner, rules = run.claims.owner, run.claims.rules
+    return Ledger(run.db, total, metrics, owner, keep, schedule, rules.identity)
 
 
 async def backfill(
@@ -118,21 +146,91 @@ async def backfill(
             reprocess_done_before=now if reprocess else None,
         )
 
+    gave_up: list[str] = []
     async with session(settings, rules, shutdown) as (run, metrics):
         listed, source_failures = await discover(sources, run, ListingPlan(want=limit))
         todo = await run.claims.count(listed)
         total = min(todo.videos, limit or todo.videos)
-        ledger = Ledger(run.db, total, metrics, run.claims.owner)
+        planned = await run.db.run(lambda c: leases.planned_ids(c, listed, run.claims.rules))
+        ledger = new_ledger(run, total, metrics)
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
         if total:
-            settle = functools.partial(ledger.settle, shutdown.requested)
-            feed = run.claims.jobs(
-                listed, shutdown.requested, limit, ledger.returned, closed(run.governor), settle
-            )
-            await run_jobs(run, ledger, feed, display)
+            await _run(run, ledger, listed, limit, display, gave_up)
         if not shutdown.requested.is_set():
             await run.db.run(search_upkeep(settings))
+        ids = planned if limit is None else sorted(ledger.claimed)
+        outcome = await run.db.run(lambda c: leases.outcome(c, ids, run.claims.owner))
+    return _result(ledger, outcome, source_failures, run, started, tuple(gave_up))
+
+
+async def _run(
+    run: Session,
+    ledger: Ledger,
+    listed: Sequence[str],
+    limit: int | None,
+    display: Display | None,
+    gave_up: list[str],
+) -> None:
+    """Claims and runs the videos; while a site is throttled, waits (up to
+    INGEST_MAX_THROTTLE_WAIT); when nothing else is left, waits for retries due soon."""
+    stop = run.shutdown.requested
+    settle = functools.partial(settle_or_retry, run, ledger, listed)
+    feed = run.claims.jobs(listed, stop, limit, ledger.returned, closed(run.governor), settle)
+    max_wait = parse_interval(run.settings.max_throttle_wait)
+    async with asyncio.TaskGroup() as tg:
+        watch = tg.create_task(watch_throttling(run, max_wait, gave_up))
+        try:
+            await run_jobs(run, ledger, feed, display)
+        finally:
+            watch.cancel()
+
+
+async def settle_or_retry(run: Session, ledger: Ledger, listed: Sequence[str]) -> int:
+    """Once nothing is in flight: how many videos may be claimed again, after waiting for the
+    next scheduled retry when it is due within INGEST_BACKFILL_RETRY_WAIT; 0 ends the run."""
+    stop = run.shutdown.requested
+    came_back = await ledger.settle(stop)
+    if came_back or stop.is_set():
+        return came_back
+    window = parse_interval(run.settings.backfill_retry_wait)
+    while not stop.is_set():
+        retry = await run.db.run(lambda c: leases.next_retry(c, listed))
+        if retry.due:
+            return retry.due
+        if retry.next_in_s is None or retry.next_in_s > window:
+            return 0
+        log.info("waiting_for_retry", next_in_s=round(retry.next_in_s, 1))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), retry.next_in_s + 0.5)
+    return 0
+
+
+async def watch_throttling(run: Session, max_wait_s: float, gave_up: list[str]) -> None:
+    """Stops the run when a site has been throttled without a break for longer than
+    `max_wait_s`: the videos are handed back for a later run, and the exit status says so."""
+    while True:
+        await asyncio.sleep(1.0)
+        over = [
+            s.site
+            for s in run.governor.status()
+            if s.kind == "throttled" and s.paused and s.paused_s > max_wait_s
+        ]
+        if over:
+            gave_up.extend(over)
+            log.error("gave_up_waiting", sites=over, waited_s=round(max_wait_s))
+            run.shutdown.request(f"throttled past INGEST_MAX_THROTTLE_WAIT: {', '.join(over)}")
+            return
+
+
+def _result(
+    ledger: Ledger,
+    outcome: Outcome,
+    source_failures: Sequence[SourceFailure],
+    run: Session,
+    started: float,
+    gave_up: tuple[str, ...],
+) -> BackfillResult:
     c = ledger.counters
     return BackfillResult(
         total=c.total,
@@ -140,13 +238,15 @@ async def backfill(
         failed=c.failed,
         skipped=c.skipped,
         handed_back=c.handed_back,
-        stopped=shutdown.requested.is_set(),
+        stopped=run.shutdown.requested.is_set() and not gave_up,
         audio_seconds=c.audio_seconds,
         chunks=c.chunks,
         elapsed_s=time.perf_counter() - started,
         failures=tuple(ledger.failures),
         source_failures=tuple(source_failures),
         sites=tuple(run.governor.status()),
+        outcome=outcome,
+        gave_up_on=gave_up,
     )
 
 

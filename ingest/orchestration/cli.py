@@ -18,7 +18,7 @@ from rich.text import Text
 from db.corpus import EmbeddingModelMismatch
 from db.sites import SitePause
 from db.speakers import ProfileModelMismatch
-from db.videos import StatusSummary, status_summary
+from db.videos import FailedSummary, RecentError, StatusSummary, status_summary
 from ingest.infrastructure.config import (
     ConfigError,
     Device,
@@ -26,6 +26,7 @@ from ingest.infrastructure.config import (
     LogLevel,
     Settings,
     load_settings,
+    parse_interval,
 )
 from ingest.infrastructure.database import DatabaseUnavailable, open_database
 from ingest.infrastructure.event_loop import loop_factory
@@ -35,7 +36,6 @@ from ingest.infrastructure.shutdown import Shutdown, exit_process
 from ingest.orchestration import doctor as checkup
 from ingest.orchestration.backfill import backfill as run_backfill
 from ingest.orchestration.daemon import daemon as run_daemon
-from ingest.orchestration.daemon import parse_interval
 from ingest.orchestration.pipeline import Pipeline
 from ingest.orchestration.progress import clock, live_progress, summary
 from ingest.orchestration.search import Result, search_options
@@ -143,7 +143,10 @@ def backfill(
 ) -> None:
     """Process every video of the sources that is not done yet, then exit.
 
-    Exit status: 0 when every video is done, 1 when any failed, 2 on a usage or setup error.
+    Exit status: 0 when every video is done (or a signal stopped the run); 1 when a video
+    failed for good or was set aside, a source failed, or a site needs you; 2 on a usage or
+    setup error; 3 when a site stayed throttled past INGEST_MAX_THROTTLE_WAIT (the rest is
+    left to do); 4 when videos wait for a scheduled retry beyond INGEST_BACKFILL_RETRY_WAIT.
     """
     with _usage_errors():
         settings = _settings(
@@ -266,15 +269,41 @@ def status(
         kinds = ", ".join(f"{n} {kind}" for kind, n in report.transcripts.items())
         out.print(f"transcripts: {kinds}", markup=False, highlight=False)
     out.print(_to_do(report), highlight=False)
+    if line := _failed(report.failed):
+        out.print(line, highlight=False)
     for pause in report.paused_sites:
         out.print(_paused(pause), markup=False, highlight=False, soft_wrap=True)
     for e in report.recent_errors:
-        out.print(
-            f"failed {e.video_id} (attempt {e.attempts}): {e.error}", markup=False, highlight=False
-        )
+        out.print(_recent(e), markup=False, highlight=False)
+
+
+def _failed(failed: FailedSummary) -> str:
+    """The failed videos by what happens to them next."""
+    parts = [
+        (failed.for_good, "for good"),
+        (failed.waiting, "wait for a retry"),
+        (failed.gave_up, "ran out of tries"),
+        (failed.needs_cookies, "need cookies (age-restricted or members-only)"),
+        (failed.needs_location, "need another location (geo-blocked)"),
+    ]
+    line = "failed: " + ", ".join(f"{n} {what}" for n, what in parts if n)
+    if failed.next_retry_at is not None:
+        line += f"; next retry at {failed.next_retry_at.astimezone():%Y-%m-%d %H:%M:%S}"
+    return line if any(n for n, _ in parts) else ""
+
+
+def _recent(e: RecentError) -> str:
+    what = f"attempt {e.attempts}"
+    if e.failure_class:
+        what += f", {e.failure_class.replace('_', ' ')}"
+    if e.retry_at is not None:
+        what += f", retry at {e.retry_at.astimezone():%H:%M:%S}"
+    return f"failed {e.video_id} ({what}): {e.error}"
 
 
 def _paused(pause: SitePause) -> str:
+    if pause.kind == "extractor_broken":
+        return f"broken {pause.site} ({pause.owner}): {pause.reason}; {pause.fix}"
     if pause.kind == "needs_user":
         return f"paused {pause.site} ({pause.owner}): {pause.reason}; {pause.fix}"
     resume = f", resumes at {pause.resume_at:%H:%M:%S}" if pause.resume_at else ""

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-from collections.abc import AsyncIterator, Collection, Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import structlog
 
+from db import leases
 from db.leases import ClaimRules
-from ingest.infrastructure.config import ConfigError, Settings
+from ingest.infrastructure.config import Settings, parse_interval
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.orchestration.backfill import closed, session
+from ingest.orchestration.backfill import closed, new_ledger, session
 from ingest.orchestration.discovery import ListingPlan, discover
 from ingest.orchestration.runner import Session, run_jobs
 from ingest.orchestration.search import search_upkeep
@@ -22,39 +22,56 @@ from ingest.stages.messages import VideoJob
 from ingest.stages.sources import source_key
 
 log = structlog.get_logger()
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_interval(text: str) -> float:
-    """`90`, `90s`, `15m`, `1h`, `1d` → seconds."""
-    match = _DURATION.match(text.lower())
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"invalid interval {text!r}: use e.g. 90s, 15m, 1h")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 async def poll(
-    sources: Sequence[str], run: Session, interval_s: float, returned: Collection[str] = ()
+    sources: Sequence[str], run: Session, interval_s: float, ledger: Ledger
 ) -> AsyncIterator[VideoJob]:
-    """Lists the sources, yields every claimable video, waits, and again, until stopped. Videos
-    this process handed back (`returned`: their site waits for the user) are left to others."""
+    """Lists the sources, yields every claimable video, waits, and again, until stopped. Between
+    listings it wakes for the scheduled retries of failures that may heal. Videos this process
+    handed back (their site waited for the user) are left to others until the next listing; a
+    blocked site is probed again once its block is due."""
     stop = run.shutdown.requested
     # A source that fails to list this time keeps its last listing: its videos still get done.
     keys = [source_key(source) for source in sources]
     plan = ListingPlan(full_every_s=parse_interval(run.settings.full_listing_interval))
+    next_listing = 0.0
     while not stop.is_set():
-        await discover(sources, run, plan)
+        if time.monotonic() >= next_listing:
+            await discover(sources, run, plan)
+            next_listing = time.monotonic() + interval_s
+            ledger.returned.clear()
         await run.claims.take_over_dead()
         async for job in run.claims.jobs(
-            keys, stop, returned=returned, closed=closed(run.governor)
+            keys, stop, returned=ledger.returned, closed=closed(run.governor)
         ):
             yield job
         # Caught up: the vector index is built (concurrently) once the corpus is big enough.
         await run.db.run(search_upkeep(run.settings))
-        log.info("poll_done", sources=len(keys), next_in_s=interval_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        await _rest(run, keys, next_listing, ledger.retry_scheduled)
+
+
+async def _rest(
+    run: Session, keys: Sequence[str], next_listing: float, woken: asyncio.Event
+) -> None:
+    """Until the next listing, or the next scheduled retry if that comes first. A video still
+    in flight may fail meanwhile and schedule an earlier retry (`woken`): then again."""
+    stop = run.shutdown.requested
+    while not stop.is_set():
+        woken.clear()
+        retry = await run.db.run(lambda conn: leases.next_retry(conn, keys))
+        wait_s = max(0.0, next_listing - time.monotonic())
+        if retry.next_in_s is not None:
+            wait_s = min(wait_s, retry.next_in_s + 0.5)
+        log.info("poll_done", sources=len(keys), next_in_s=round(wait_s, 1))
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())}
+        try:
+            await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if not woken.is_set():
+            return
 
 
 async def daemon(
@@ -72,6 +89,6 @@ async def daemon(
         return ClaimRules(settings.lease_seconds, retry_failed_before=now if retry_failed else None)
 
     async with session(settings, rules, shutdown) as (run, metrics):
-        ledger = Ledger(run.db, 0, metrics, run.claims.owner, keep_failures=1000)
-        await run_jobs(run, ledger, poll(sources, run, poll_interval_s, ledger.returned))
+        ledger = new_ledger(run, 0, metrics, keep=1000)
+        await run_jobs(run, ledger, poll(sources, run, poll_interval_s, ledger))
     return ledger

@@ -23,11 +23,12 @@ import structlog
 
 from db import listings, videos
 from db.leases import Claimable, count_claimable
-from ingest.infrastructure.errors import describe_error, site_of
+from ingest.infrastructure.logging import describe_error
 from ingest.infrastructure.retry import Database
-from ingest.infrastructure.throttle import SiteBlocked, governed
-from ingest.infrastructure.ytdlp_options import ytdlp_params
 from ingest.orchestration.runner import Session
+from ingest.sites.errors import site_of
+from ingest.sites.throttle import SiteBlocked, governed
+from ingest.sites.ytdlp_options import ytdlp_params
 from ingest.stages.sources import ListedVideo, SourceError, list_source, source_key
 
 log = structlog.get_logger()

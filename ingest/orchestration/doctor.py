@@ -2,7 +2,8 @@
 
 Each check is a small function returning a `Check`: the database (reached as a run reaches it,
 but only looked at: pending migrations are reported, never applied), the data directory and its
-disk, ffmpeg, yt-dlp and its JavaScript runtime, the device and its GPUs, the ASR engine a run
+disk, ffmpeg, yt-dlp (its age, the options the settings give it, its JavaScript runtime and
+yt-dlp-ejs, a PO-token provider plugin), the device and its GPUs, the ASR engine a run
 would choose and the CUDA libraries each engine needs, the diarizer a run would choose,
 every configured model (loaded with the run's own loaders) and the metrics address.
 
@@ -16,32 +17,29 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.metadata
-import importlib.util
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from rich.text import Text
 
 from db.migrate import discover
-from ingest.infrastructure.config import Settings, cuda_device_count
+from ingest.infrastructure.config import ConfigError, Settings, cuda_device_count
 from ingest.infrastructure.database import DatabaseUnavailable, resolve_dsn
 from ingest.infrastructure.endpoints import parse_addr
-from ingest.infrastructure.errors import describe_error
 from ingest.infrastructure.gpu import GpuSampler
-from ingest.infrastructure.logging import redact_secrets
+from ingest.infrastructure.logging import describe_error, redact_secrets
 from ingest.infrastructure.metrics import Metrics
 from ingest.infrastructure.models import (
     AsrEngineChoice,
@@ -54,6 +52,8 @@ from ingest.infrastructure.models import (
     load_embedder,
     load_voice,
 )
+from ingest.sites.ytdlp_options import ytdlp_params
+from ingest.sites.ytdlp_version import installed_release
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -66,6 +66,9 @@ LOW_FREE_BYTES = 20 * GIB
 DB_TIMEOUT_S = 10.0
 # The search index is HNSW, which pgvector has had since 0.5.0.
 MIN_PGVECTOR = (0, 5)
+# Sites change what they serve faster than an older yt-dlp release follows.
+MAX_YT_DLP_AGE_DAYS = 60
+INSTALL_YT_DLP = 'pip install -U "yt-dlp[default,deno]"'
 _GATED = re.compile(r"\b(gated|401|403|token)\b", re.IGNORECASE)
 _CREATED_TABLE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
 _STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -139,7 +142,10 @@ def _local_checks(settings: Settings) -> list[Check]:
         check_disk(settings),
         check_ffmpeg(),
         check_yt_dlp(),
-        check_js_runtime(),
+        check_ytdlp_options(settings),
+        check_js_runtime(settings),
+        check_ejs(),
+        check_po_token_provider(settings),
     ]
 
 
@@ -399,35 +405,155 @@ def check_ffmpeg() -> Check:
     return ok("ffmpeg", f"{version} at {path}")
 
 
-def check_yt_dlp() -> Check:
+def check_yt_dlp(today: date | None = None) -> Check:
+    """Installed, and recent enough to read what YouTube serves now."""
     try:
-        version = importlib.metadata.version("yt-dlp")
-    except importlib.metadata.PackageNotFoundError:
-        return fail("yt-dlp", "not installed", 'pip install "yt-dlp[default,deno]"')
-    return ok("yt-dlp", version)
+        release = installed_release()
+    except ImportError:
+        return fail("yt-dlp", "not installed", INSTALL_YT_DLP)
+    age = release.age_days(today)
+    if age is None:
+        return ok("yt-dlp", release.version)
+    detail = f"{release.version}, released {age} days ago"
+    if age > MAX_YT_DLP_AGE_DAYS:
+        fix = f"update it: {INSTALL_YT_DLP}"
+        return warn("yt-dlp", f"{detail}; sites change faster than an old release follows", fix)
+    return ok("yt-dlp", detail)
 
 
-def check_js_runtime() -> Check:
-    """YouTube serves JavaScript challenges that yt-dlp solves with yt-dlp-ejs, run by deno: the
-    only runtime yt-dlp enables unless told otherwise, and the downloader does not tell it."""
-    # yt-dlp looks in this Python's scripts folder before PATH; `pip install "yt-dlp[deno]"`
-    # puts deno there.
-    search = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
-    deno = shutil.which("deno", path=search)
-    ejs = importlib.util.find_spec("yt_dlp_ejs") is not None
-    if deno and ejs:
-        version = importlib.metadata.version("yt-dlp-ejs")
-        return ok("js runtime", f"deno at {deno}, yt-dlp-ejs {version}")
-    missing = " and ".join(
-        name for name, found in (("deno", deno), ("yt-dlp-ejs", ejs)) if not found
-    )
+def check_ytdlp_options(settings: Settings) -> Check:
+    """The options the settings give yt-dlp, refused as a run refuses them at its start.
+    Only their names are shown: values hold proxies, cookies and tokens."""
+    try:
+        params = ytdlp_params(settings)
+    except ConfigError as exc:
+        return fail("yt-dlp options", str(exc), "fix INGEST_YTDLP_ARGS")
+    return ok("yt-dlp options", ", ".join(sorted(params)) or "yt-dlp's defaults")
+
+
+# What yt-dlp enables when not told otherwise (YoutubeDL's own default).
+_DEFAULT_JS_RUNTIMES: dict[str, dict[str, Any]] = {"deno": {}}
+
+
+def check_js_runtime(settings: Settings) -> Check:
+    """YouTube serves JavaScript challenges that yt-dlp solves with yt-dlp-ejs, run by deno
+    unless `--js-runtimes` enables others. Each runtime is found and judged by yt-dlp's own
+    code: deno in this Python's scripts folder (where `pip install "yt-dlp[deno]"` puts it),
+    then on PATH; one older than yt-dlp supports is one yt-dlp does not run."""
+    runtimes = _js_runtimes(settings)
+    usable = [info for _, info, _ in runtimes if info is not None and info.supported]
+    if usable:
+        return ok("js runtime", _runtime_found(usable[0]))
+    problems = "; ".join(_runtime_problem(name, info, least) for name, info, least in runtimes)
     others = [name for name in ("node", "bun") if shutil.which(name)]
-    aside = f" ({', '.join(others)} on PATH, but yt-dlp runs only deno)" if others else ""
-    return warn(
-        "js runtime",
-        f"{missing} not found{aside}: YouTube downloads need them; other sources work without",
-        'pip install "yt-dlp[default,deno]"',
+    fix = 'pip install "yt-dlp[default,deno]"'
+    if others:
+        fix += f', or let yt-dlp run {others[0]}: INGEST_YTDLP_ARGS="--js-runtimes {others[0]}"'
+    detail = f"{problems or 'none enabled'}: YouTube downloads need one; other sources work without"
+    return warn("js runtime", detail, fix)
+
+
+def _js_runtimes(settings: Settings) -> list[tuple[str, Any, tuple[int, ...]]]:
+    """(name, yt-dlp's JsRuntimeInfo or None when not found, oldest version supported) of each
+    runtime a run enables."""
+    import yt_dlp  # noqa: F401 - registers the runtimes yt-dlp supports
+    from yt_dlp.globals import supported_js_runtimes
+
+    try:
+        enabled = ytdlp_params(settings).get("js_runtimes", _DEFAULT_JS_RUNTIMES)
+    except ConfigError:  # the yt-dlp options check says why
+        enabled = _DEFAULT_JS_RUNTIMES
+    found = []
+    for name, config in enabled.items():
+        if (runtime := supported_js_runtimes.value.get(name)) is not None:
+            info = runtime(path=(config or {}).get("path")).info
+            found.append((name, info, tuple(runtime.MIN_SUPPORTED_VERSION)))
+    return found
+
+
+def _runtime_found(info: Any) -> str:
+    path = shutil.which(info.path) or info.path  # yt-dlp leaves one found on PATH unresolved
+    return f"{info.name} {info.version} at {path}"
+
+
+def _runtime_problem(name: str, info: Any, least: tuple[int, ...]) -> str:
+    if info is None:
+        return f"{name} not found"
+    oldest = ".".join(map(str, least))
+    return f"{_runtime_found(info)} is older than {oldest}, the oldest yt-dlp runs"
+
+
+def check_ejs() -> Check:
+    """yt-dlp uses only the yt-dlp-ejs release it was built with (the same minor version)."""
+    try:
+        installed: str | None = importlib.metadata.version("yt-dlp-ejs")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    return ejs_check(installed, _ejs_expected())
+
+
+def _ejs_expected() -> str | None:
+    try:
+        from yt_dlp.extractor.youtube.jsc._builtin.vendor import VERSION
+    except ImportError:  # an internal module: a later yt-dlp may move it
+        return None
+    return str(VERSION)
+
+
+def ejs_check(installed: str | None, expected: str | None) -> Check:
+    pinned = f"yt-dlp-ejs=={expected}" if expected else "yt-dlp-ejs"
+    fix = f'pip install "{pinned}" (it comes with {INSTALL_YT_DLP})'
+    if installed is None:
+        detail = "not installed: YouTube downloads need it; other sources work without"
+        return warn("yt-dlp-ejs", detail, fix)
+    if expected is None:
+        return ok("yt-dlp-ejs", f"{installed} (this yt-dlp does not say which it expects)")
+    if _minor(installed) != _minor(expected):
+        detail = f"{installed}, but this yt-dlp runs only {expected}: YouTube downloads may fail"
+        return warn("yt-dlp-ejs", detail, fix)
+    return ok("yt-dlp-ejs", f"{installed}, as this yt-dlp expects")
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+def check_po_token_provider(settings: Settings) -> Check:
+    """Only information: YouTube asks some clients for proof-of-origin tokens, and without
+    them answers 403 or lists fewer formats; many downloads work without."""
+    if providers := po_token_providers():
+        return ok("po token provider", ", ".join(providers))
+    if _po_token_given(settings):
+        return ok("po token provider", "none; a token is set in the extractor arguments")
+    return ok(
+        "po token provider",
+        "none; if YouTube answers 403 or lists no formats, install one "
+        "(pip install bgutil-ytdlp-pot-provider) or set youtube:po_token in "
+        "INGEST_YTDLP_EXTRACTOR_ARGS",
     )
+
+
+def po_token_providers() -> list[str]:
+    """The PO-token providers yt-dlp's plugins register, as `name version`. Loaded as yt-dlp
+    loads them: `yt_dlp_plugins` packages on sys.path and in yt-dlp's plugin folders."""
+    import yt_dlp  # noqa: F401 - registers the kinds of plugin
+    from yt_dlp.plugins import load_all_plugins
+
+    try:
+        from yt_dlp.extractor.youtube.pot._registry import _pot_providers
+    except ImportError:  # an internal module: a later yt-dlp may move it
+        return []
+    load_all_plugins()
+    providers = _pot_providers.value.values()
+    return sorted(f"{p.PROVIDER_NAME} {p.PROVIDER_VERSION}" for p in providers)
+
+
+def _po_token_given(settings: Settings) -> bool:
+    try:
+        extractor_args = ytdlp_params(settings).get("extractor_args", {})
+    except ConfigError:
+        return False
+    return bool(extractor_args.get("youtube", {}).get("po_token"))
 
 
 # Device and models.

@@ -14,8 +14,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ingest.infrastructure.config import Settings
 from ingest.infrastructure.models import Models
 from ingest.infrastructure.retry import Database, RetryPolicy
-from ingest.infrastructure.throttle import Governor
-from ingest.infrastructure.ytdlp_options import ytdlp_params
+from ingest.sites.throttle import Governor
+from ingest.sites.ytdlp_options import ytdlp_params
 from ingest.stages.download import Downloader, DownloadOptions, download_stage
 from ingest.stages.embed import BatchRules, EmbeddedBatch, embed_stage
 from ingest.stages.ledger import Ledger

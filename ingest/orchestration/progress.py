@@ -11,9 +11,9 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.text import Text
 
-from ingest.infrastructure.throttle import SiteStatus
 from ingest.orchestration.backfill import BackfillResult
 from ingest.orchestration.pipeline import Pipeline
+from ingest.sites.throttle import SiteStatus
 from ingest.stages.ledger import Ledger
 
 
@@ -83,7 +83,33 @@ def summary(result: BackfillResult) -> str:
     throttled = [f"{s.site} ({s.pauses} pauses)" for s in result.sites if not s.blocked]
     if throttled:
         lines.append(f"throttled by {', '.join(throttled)}: requests waited for the pauses")
-    return "\n".join(lines)
+    return "\n".join(lines + outcome_lines(result))
+
+
+def outcome_lines(result: BackfillResult) -> list[str]:
+    """What is left of the work, and how it will get done."""
+    o, lines = result.outcome, []
+    if result.gave_up_on:
+        lines.append(
+            f"gave up waiting for {', '.join(result.gave_up_on)}: throttled for longer than "
+            f"INGEST_MAX_THROTTLE_WAIT; {o.left + o.waiting_retry} videos left to do: run the "
+            "same command again later to resume"
+        )
+    if o.waiting_retry:
+        lines.append(
+            f"{o.waiting_retry} failed but may heal: tried again on a schedule that grows "
+            "(`ingest status` says when); `ingest daemon` or a later backfill does it"
+        )
+    if o.set_aside:
+        lines.append(
+            f"{o.set_aside} set aside (age-restricted, members-only or geo-blocked): tried "
+            "again when the cookies or proxy settings change"
+        )
+    if o.elsewhere:
+        lines.append(f"{o.elsewhere} under way in another replica")
+    if o.left and not (result.stopped or result.gave_up_on or result.blocked):
+        lines.append(f"{o.left} videos left undone: run the same command again")
+    return lines
 
 
 def clock(seconds: float) -> str:

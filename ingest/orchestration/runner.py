@@ -12,14 +12,14 @@ import structlog
 
 from db.corpus import ensure_embedding_model
 from ingest.infrastructure.config import Settings
-from ingest.infrastructure.errors import site_of
 from ingest.infrastructure.models import load_models
 from ingest.infrastructure.retry import Database
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.infrastructure.throttle import Governor
 from ingest.orchestration.claims import Claims, audio_dir_of, remove_dead_audio
 from ingest.orchestration.pipeline import Pipeline, PipelineOptions
 from ingest.orchestration.speakers import load_profiles
+from ingest.sites.errors import site_of
+from ingest.sites.throttle import Governor
 from ingest.stages.ledger import Ledger
 from ingest.stages.messages import VideoJob
 
@@ -32,7 +32,7 @@ async def _tracked(
     """Claimed videos are in flight (their leases renewed) until the ledger records an end. A
     video of a paused site waits here until the site reopens: one lease held, no request."""
     async for job in feed:
-        ledger.in_flight.add(job.video_id)
+        ledger.took(job.video_id)
         await governor.reopened(site_of(job.url))
         yield job
 

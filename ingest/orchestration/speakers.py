@@ -15,7 +15,7 @@ import numpy as np
 from db.speakers import StoredProfile, add_to_profile, list_profiles
 from ingest.infrastructure.config import Settings
 from ingest.infrastructure.database import open_database
-from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.logging import describe_error
 from ingest.infrastructure.models import load_voice
 from ingest.stages.download import Downloader, DownloadOptions
 from ingest.stages.messages import VideoJob

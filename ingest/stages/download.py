@@ -12,15 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from db.videos import DiscoveredVideo, update_metadata
 from ingest.infrastructure.config import CaptionsMode
-from ingest.infrastructure.errors import classify, site_of
+from ingest.infrastructure.logging import describe_error
 from ingest.infrastructure.retry import RetryPolicy, retry_transient
-from ingest.infrastructure.throttle import (
+from ingest.sites.errors import attach_warnings, classify, is_transient, site_of
+from ingest.sites.throttle import (
     Governor,
     SiteBlocked,
     SitePaused,
@@ -64,7 +66,7 @@ class DownloadOptions:
     max_duration_s: float | None = None
     ytdlp: Mapping[str, Any] = field(default_factory=dict)  # the user's (ytdlp_options)
     captions: CaptionsMode = "off"  # use the site's captions: creator's (manual), any (auto)
-    captions_language: str = "en"
+    captions_language: str | None = None  # None: the language spoken in the video
     audio_needed: bool = True  # False: speakers are off, so captions make the audio unnecessary
 
 
@@ -100,9 +102,12 @@ class Downloader:
 
     def download(self, job: VideoJob) -> Fetched:
         """Downloads one video's captions when wanted and its audio as `<stem>.wav` when needed;
-        removes partial files on failure."""
+        removes partial files on failure. A failure carries what yt-dlp warned of on the way
+        (`attach_warnings`): it often tells more than its final error, for `classify`."""
         stem = audio_stem(job.video_id)
         ydl = self._ydl()
+        ytdlp_log = _YtDlpLog.of(ydl)
+        ytdlp_log.warnings.clear()
         ydl.params["outtmpl"] = {"default": str(self.options.audio_dir / f"{stem}.%(ext)s")}
         try:
             info = ydl.extract_info(job.url, download=False)
@@ -113,22 +118,25 @@ class Downloader:
             info = ydl.process_ie_result(info, download=True)
             path = Path(info["requested_downloads"][0]["filepath"])
             return Fetched(path, captions, metadata(info, job))
-        except BaseException:
+        except BaseException as exc:
             remove_partial_files(self.options.audio_dir, stem)
+            attach_warnings(exc, ytdlp_log.warnings)
             raise
 
     def _captions(self, ydl: Any, info: Mapping[str, Any]) -> Captions | None:
-        """The first usable track: the creator's, then (in auto mode) YouTube's automatic ones.
-        Fetched through yt-dlp, so cookies, proxies and throttling apply as to any request."""
-        mode, language = self.options.captions, self.options.captions_language
+        """The first usable track: the creator's, then (in auto mode) the site's automatic ones,
+        in the configured language or else the one spoken (see `_track`). Fetched through
+        yt-dlp, so cookies, proxies and throttling apply as to any request."""
+        mode, wanted = self.options.captions, self.options.captions_language
         kinds = {"manual": ("subtitles",), "auto": ("subtitles", "automatic_captions")}
+        spoken = spoken_language(info)
         for key in kinds.get(mode, ()):
-            track = _track(info.get(key) or {}, language)
+            track = _track(info.get(key) or {}, wanted, spoken)
             if track is None:
                 continue
-            if pause := ydl.params.get("sleep_interval_subtitles"):
-                time.sleep(pause)
-            text = ydl.urlopen(track["url"]).read().decode("utf-8", "replace")
+            text = self._caption_text(ydl, track)
+            if text is None:
+                return None
             try:
                 segments = parse_captions(text, "vtt")
             except CaptionError as exc:  # the audio is still there: speech recognition it is
@@ -136,8 +144,24 @@ class Downloader:
                 continue
             if segments:
                 kind = "creator captions" if key == "subtitles" else "automatic captions"
-                return Captions(tuple(segments), f"{kind} ({language})")
+                return Captions(tuple(segments), f"{kind} ({track.describe()})")
         return None
+
+    def _caption_text(self, ydl: Any, track: CaptionTrack) -> str | None:
+        """The track's text, or None (logged) when it cannot be had: the audio is still there,
+        so a caption server's failure costs speech recognition, never the video."""
+        if pause := ydl.params.get("sleep_interval_subtitles"):
+            time.sleep(pause)
+        self._check_cancelled({})
+        try:
+            return str(ydl.urlopen(track.url).read().decode("utf-8", "replace"))
+        except Exception as exc:
+            from yt_dlp.utils import DownloadCancelled
+
+            if self.cancelled or isinstance(exc, DownloadCancelled):
+                raise
+            log.warning("captions_unavailable", language=track.language, error=describe_error(exc))
+            return None
 
     def _check(self, info: dict[str, Any]) -> None:
         """Refuses, before downloading, what can never be ingested."""
@@ -158,20 +182,26 @@ class Downloader:
 
         from ingest.stages.extract_audio import FFmpegCompleteAudioPP
 
+        # The user's options win over the defaults before them, not over what follows them,
+        # which the downloader cannot work without (`ytdlp_params` refuses options fighting it).
+        user = self.options.ytdlp
         ydl = yt_dlp.YoutubeDL(
             {
-                **self.options.ytdlp,
                 "format": "bestaudio/best",
+                "socket_timeout": self.options.socket_timeout,
+                "retries": self.options.retries,
+                "fragment_retries": self.options.retries,
+                **user,
                 "noplaylist": True,
                 "quiet": True,
                 "no_warnings": True,
                 "noprogress": True,
                 "logger": _YtDlpLog(),
-                "socket_timeout": self.options.socket_timeout,
-                "retries": self.options.retries,
-                "fragment_retries": self.options.retries,
                 "progress_hooks": [self._check_cancelled],
-                "postprocessor_args": {"completeaudio": ["-ar", "16000", "-ac", "1"]},
+                "postprocessor_args": {
+                    "completeaudio": ["-ar", "16000", "-ac", "1"],
+                    **user.get("postprocessor_args", {}),
+                },
             }
         )
         ydl.add_post_processor(FFmpegCompleteAudioPP(ydl, preferredcodec="wav"))
@@ -195,15 +225,90 @@ async def _not_downloaded(
         await ledger.failed(job, "download", exc)
 
 
-def _track(by_language: Mapping[str, Any], language: str) -> Mapping[str, Any] | None:
-    """The WebVTT format of `language`'s track (or a regional variant of it), if listed."""
-    names = [language, *sorted(n for n in by_language if n.startswith(f"{language}-"))]
-    for name in names:
-        formats = by_language.get(name) or []
-        vtt = next((f for f in formats if f.get("ext") == "vtt" and f.get("url")), None)
-        if vtt is not None:
-            return dict(vtt)
+# yt-dlp lists YouTube's automatic track in the language spoken twice: as `de` and `de-orig`.
+_ORIGINAL = "-orig"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionTrack:
+    url: str  # of its WebVTT format
+    language: str  # of its text, as the site tags it
+    translated_from: str | None = None  # set for a machine translation (YouTube's `tlang`)
+
+    def describe(self) -> str:
+        if self.translated_from is None:
+            return self.language
+        return f"{self.language}, translated from {self.translated_from}"
+
+
+def spoken_language(info: Mapping[str, Any]) -> str | None:
+    """The language spoken in the video, when known: as the extractor says, else that of
+    YouTube's original automatic captions (the YouTube extractor sets no `language`)."""
+    if language := info.get("language"):
+        return str(language)
+    automatic = info.get("automatic_captions") or {}
+    originals = sorted(name for name in automatic if name.endswith(_ORIGINAL))
+    return originals[0].removesuffix(_ORIGINAL) if originals else None
+
+
+def _track(
+    by_language: Mapping[str, Any], wanted: str | None, spoken: str | None
+) -> CaptionTrack | None:
+    """The track to read, from a `subtitles` or `automatic_captions` listing.
+
+    Without a wanted language: the untranslated track in the spoken language (or a regional
+    variant of it); when the spoken language is unknown, the only untranslated track, and none
+    when there are several, as any of them could be a translation. With one: its untranslated
+    track (or a regional variant's), else a machine translation into it, as it was asked for.
+    """
+    originals = _originals(by_language)
+    if wanted is None:
+        return _spoken_track(originals, spoken)
+    if names := _variants(originals, wanted):
+        return originals[names[0]]
+    return _translation(by_language, wanted)
+
+
+def _originals(by_language: Mapping[str, Any]) -> dict[str, CaptionTrack]:
+    """Each language's untranslated WebVTT track."""
+    found: dict[str, CaptionTrack] = {}
+    for name in sorted(by_language):
+        url = _vtt_url(by_language[name])
+        if url is not None and "tlang" not in _query(url):
+            language = name.removesuffix(_ORIGINAL)
+            found.setdefault(language, CaptionTrack(url, language))
+    return found
+
+
+def _spoken_track(originals: Mapping[str, CaptionTrack], spoken: str | None) -> CaptionTrack | None:
+    if spoken is None:
+        return next(iter(originals.values())) if len(originals) == 1 else None
+    names = _variants(originals, spoken) or _variants(originals, spoken.split("-")[0])
+    return originals[names[0]] if names else None
+
+
+def _translation(by_language: Mapping[str, Any], wanted: str) -> CaptionTrack | None:
+    for name in _variants(by_language, wanted):
+        if (url := _vtt_url(by_language[name])) is not None:
+            source = _query(url).get("lang", ["another language"])[0]
+            return CaptionTrack(url, name, translated_from=source)
     return None
+
+
+def _variants(names: Mapping[str, Any], language: str) -> list[str]:
+    """`language` and its regional variants (`en-GB` for `en`) among `names`, in that order."""
+    variants = sorted(name for name in names if name.startswith(f"{language}-"))
+    return [language, *variants] if language in names else variants
+
+
+def _vtt_url(formats: Any) -> str | None:
+    return next(
+        (str(f["url"]) for f in formats or [] if f.get("ext") == "vtt" and f.get("url")), None
+    )
+
+
+def _query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
 
 
 def metadata(info: Mapping[str, Any], job: VideoJob) -> DiscoveredVideo:
@@ -217,7 +322,20 @@ def remove_partial_files(directory: Path, stem: str) -> None:
 
 
 class _YtDlpLog:
-    """Routes yt-dlp's own messages to our log; failures reach us as exceptions as well."""
+    """Routes yt-dlp's own messages to our log; failures reach us as exceptions as well. Keeps
+    the latest warnings of the current download (one YoutubeDL, so one log, per thread): yt-dlp
+    often says what went wrong only there, before a generic final error."""
+
+    KEPT = 50  # plenty for one extraction: YouTube's warns about twice per player client
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    @classmethod
+    def of(cls, ydl: Any) -> _YtDlpLog:
+        """`ydl`'s log; a throwaway one when it has another logger."""
+        logger = ydl.params.get("logger")
+        return logger if isinstance(logger, cls) else cls()
 
     def debug(self, msg: str) -> None:
         pass
@@ -227,6 +345,8 @@ class _YtDlpLog:
 
     def warning(self, msg: str) -> None:
         log.debug("yt_dlp_warning", message=msg)
+        self.warnings.append(msg)
+        del self.warnings[: -self.KEPT]
 
     def error(self, msg: str) -> None:
         log.debug("yt_dlp_error", message=msg)
@@ -294,7 +414,7 @@ async def _fetch(
             raise
 
     async def tries() -> Fetched:
-        return await retry_transient(downloader.options.retry, "download", attempt)
+        return await retry_transient(downloader.options.retry, "download", attempt, is_transient)
 
     try:
         await governor.pace(site)

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.logging import describe_error
 from ingest.stages.ledger import Ledger
 from ingest.stages.messages import EmbeddedVideo, TranscribedVideo
 from workers.embedder import TextEmbedder

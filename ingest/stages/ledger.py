@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from db import leases, videos
-from ingest.infrastructure.errors import describe_error
+from ingest.infrastructure.logging import describe_error
 from ingest.infrastructure.metrics import Metrics, error_kind
 from ingest.infrastructure.retry import Database
+from ingest.sites.errors import classify
 from ingest.stages.messages import TranscribedVideo, VideoJob
 
 log = structlog.get_logger()
@@ -56,9 +58,13 @@ class Ledger:
         metrics: Metrics | None = None,
         owner: str | None = None,
         keep_failures: int | None = None,
+        schedule: videos.RetrySchedule | None = None,
+        identity: str | None = None,
     ) -> None:
         self.db = db
         self.owner = owner
+        self.schedule = schedule or videos.RetrySchedule()
+        self.identity = identity  # the cookies and proxy in use: recorded with set-aside videos
         self.in_flight: set[str] = set()  # claimed and not yet finished: the leases to renew
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
@@ -66,9 +72,12 @@ class Ledger:
         # months, and the database has them all.
         self.failures: deque[tuple[str, str]] = deque(maxlen=keep_failures)
         self.returned: set[str] = set()  # videos handed back, not to be claimed again this run
+        self.claimed: set[str] = set()  # every video this run took
         self._came_back = 0  # videos handed back to be claimed again, since the last `settle`
         self._landed = asyncio.Event()  # a video left flight
+        self._unwritten = 0  # ends of videos not yet written
         self.started = time.monotonic()
+        self.retry_scheduled = asyncio.Event()  # a failure that may heal was recorded
 
     def start_clock(self) -> None:
         """Rates are measured from here: once the models are loaded, the work begins."""
@@ -85,11 +94,18 @@ class Ledger:
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
         self.ended(job.video_id)
-        owner = self.owner
-        if not await self.db.run(lambda c: videos.mark_failed(c, job.video_id, error, owner)):
-            self.lease_lost(job.video_id, "failed")
-            return
-        log.error("video_failed", video_id=job.video_id, stage=stage, error=error)
+        record = videos.FailureRecord(error, failure_class(stage, exc, job), self.identity)
+        owner, schedule = self.owner, self.schedule
+        async with self._writing():
+            if not await self.db.run(
+                lambda c: videos.mark_failed(c, job.video_id, record, owner, schedule)
+            ):
+                self.lease_lost(job.video_id, "failed")
+                return
+        if record.failure_class in videos.HEALING:
+            self.retry_scheduled.set()
+        log.error("video_failed", video_id=job.video_id, stage=stage, error=error,
+                  failure_class=record.failure_class)  # fmt: skip
         self.metrics.items.labels(stage, "failed").inc()
         self.metrics.failures.labels(stage, error_kind(exc)).inc()
         self.counters.failed += 1
@@ -111,17 +127,35 @@ class Ledger:
         self.ended(job.video_id)
         if not again:
             self.returned.add(job.video_id)
-        if self.owner is not None:
-            owner = self.owner
-            if not await self.db.run(lambda c: leases.hand_back(c, owner, job.video_id)):
+        async with self._writing():
+            if self.owner is not None and not await self._hand_back(self.owner, job.video_id):
                 self.lease_lost(job.video_id, "handed_back")
                 return
-        log.info("video_handed_back", video_id=job.video_id, again=again)
-        if again:
-            self._came_back += 1
+            log.info("video_handed_back", video_id=job.video_id, again=again)
+            if again:
+                self._came_back += 1
+            else:
+                self.counters.handed_back += 1
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """Around the write of a video's end: until it is written (and counted), a walk that
+        finds nothing to claim (the row is still ours) must not take the empty flight for the
+        end of the run."""
+        self._unwritten += 1
+        try:
+            yield
+        finally:
+            self._unwritten -= 1
             self._landed.set()
-        else:
-            self.counters.handed_back += 1
+
+    async def _hand_back(self, owner: str, video_id: str) -> bool:
+        return bool(await self.db.run(lambda c: leases.hand_back(c, owner, video_id)))
+
+    def took(self, video_id: str) -> None:
+        """`video_id` is claimed: in flight (its lease renewed) until it ends."""
+        self.in_flight.add(video_id)
+        self.claimed.add(video_id)
 
     def ended(self, video_id: str) -> None:
         """`video_id` is no longer in flight: done, failed, skipped, handed back or lost."""
@@ -131,7 +165,7 @@ class Ledger:
     async def settle(self, stop: asyncio.Event) -> int:
         """Waits until no video of this run is in flight, or one came back to be claimed
         again; returns how many came back since the last call."""
-        while self.in_flight and not self._came_back and not stop.is_set():
+        while (self.in_flight or self._unwritten) and not self._came_back and not stop.is_set():
             self._landed.clear()
             waits = {asyncio.ensure_future(self._landed.wait()), asyncio.ensure_future(stop.wait())}
             try:
@@ -161,3 +195,19 @@ class Ledger:
                          eta_s=round(eta))  # fmt: skip
             self.metrics.audio.inc(video.duration_s)
             self.metrics.speaker_paths.labels(video.speakers.path).inc()
+
+
+def failure_class(stage: str, exc: BaseException, job: VideoJob) -> str:
+    """What kind of failure a video's is, for the schedule of tries (db.videos.HEALING) and for
+    `ingest status`. A downloaded file that does not decode may have been cut short: a new
+    download may heal it; a user's own file will not change by itself."""
+    failure = classify(exc)
+    if stage == "decode" and job.local_path is None:
+        return "decode"
+    if failure.kind == "video_needs_user":
+        return "needs_location" if failure.needs == "location" else "needs_cookies"
+    if failure.kind in ("transient", "throttled"):
+        return "transient"
+    if failure.kind in ("needs_user", "extractor_broken"):
+        return failure.kind
+    return "permanent"

@@ -112,11 +112,11 @@ def _list_url(url: str, socket_timeout: float, ytdlp: Mapping[str, Any]) -> Iter
     import yt_dlp
 
     options = {
+        "socket_timeout": socket_timeout,  # the user's --socket-timeout wins
         **ytdlp,
         "extract_flat": "in_playlist",
         "quiet": True,
         "no_warnings": True,
-        "socket_timeout": socket_timeout,
         "logger": _SilentLogger(),
     }
     try:
