@@ -307,3 +307,26 @@ async def test_a_blocked_site_is_probed_again_later_and_reopens_when_fixed() -> 
     assert gov.answered("x.org", probe)
     assert not gov.site_status("x.org").paused
     assert not (await gov.admit("x.org")).probe
+
+
+async def test_a_broken_extractor_blocks_the_site_and_says_which_yt_dlp_to_replace() -> None:
+    import yt_dlp
+
+    from tests.test_errors import BUG_REPORT
+
+    gov = governor()
+
+    async def broken() -> None:
+        raise RuntimeError(
+            f"ERROR: [youtube] x: Failed to extract any player response; {BUG_REPORT}"
+        )
+
+    with pytest.raises(SiteBlocked) as blocked:
+        await governed(gov, "youtube.com", broken, hand_back=True)
+    assert blocked.value.failure.kind == "extractor_broken"
+    fix = blocked.value.failure.fix
+    assert f"update yt-dlp (installed {yt_dlp.version.__version__}, released " in fix
+    status = gov.site_status("youtube.com")
+    assert (status.kind, status.blocked) == ("extractor_broken", True)
+    with pytest.raises(SiteBlocked):  # the other videos are handed back untouched
+        await gov.admit("youtube.com", hand_back=True)

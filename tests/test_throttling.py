@@ -174,3 +174,35 @@ def test_a_backfill_gives_up_on_a_site_throttled_past_the_longest_wait(
     assert "4 videos left to do" in result.stdout
     # Nothing was spent: a later run (when the site relents) takes every video afresh.
     assert set(asyncio.run(statuses(database_url)).values()) == {("discovered", 0)}
+
+
+def test_a_backfill_retries_a_failure_that_heals_within_its_run(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    from tests.test_daemon import Outage
+
+    outage = Outage("0.wav", window_s=5.0)
+    env = {**ingest_env, "INGEST_RETRY_ATTEMPTS": "1", "INGEST_RETRY_LATER_SECONDS": "3"}
+    result = gated_backfill(tmp_path / "site", [speech.short], 2, env, outage)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 done, 0 failed of 2 videos" in result.stdout
+    assert outage.refused >= 1
+    assert "waiting_for_retry" in result.stdout + result.stderr
+    videos = asyncio.run(statuses(database_url))
+    assert videos["generic:v1"] == ("done", 1)
+    assert videos["generic:v0"][0] == "done" and videos["generic:v0"][1] >= 2
+
+
+def test_a_backfill_leaves_a_later_retry_to_the_daemon_and_says_so(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str], database_url: str
+) -> None:
+    from tests.test_daemon import Outage
+
+    outage = Outage("0.wav", window_s=600.0)
+    env = {**ingest_env, "INGEST_RETRY_ATTEMPTS": "1", "INGEST_BACKFILL_RETRY_WAIT": "10s"}
+    result = gated_backfill(tmp_path / "site", [speech.short], 2, env, outage)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "1 done, 1 failed of 2 videos" in result.stdout
+    assert "1 failed but may heal" in result.stdout
+    status = ingest(env, "status")
+    assert "1 wait for a retry" in status.stdout and "next retry at" in status.stdout

@@ -235,7 +235,8 @@ def _result(
     return BackfillResult(
         total=c.total,
         done=c.done,
-        failed=c.failed,
+        # Videos failed at the end, not failures on the way: a retry may have healed one.
+        failed=outcome.failed_for_good + outcome.set_aside + outcome.waiting_retry,
         skipped=c.skipped,
         handed_back=c.handed_back,
         stopped=run.shutdown.requested.is_set() and not gave_up,
