@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence, Set
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -141,3 +142,28 @@ async def test_renewal_extends_only_the_videos_in_flight(pool: asyncpg.Pool) -> 
             "SELECT id FROM videos WHERE lease_expires_at > now() + interval '30 seconds'"
         )
     assert [r["id"] for r in renewed] == ["b"]
+
+
+class SlowDatabase(Database):
+    """Every operation waits a little first, as a loaded database does."""
+
+    async def run(self, op: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await super().run(op)
+
+
+async def test_a_walk_that_ends_while_a_hand_back_is_written_waits_for_it(
+    pool: asyncpg.Pool,
+) -> None:
+    await listed(pool, "s1", ["a"])
+    claims = Claims(Database(pool), "host:1:first", ClaimRules())
+    assert await claim_all(claims, ["s1"]) == ["a"]
+    ledger = Ledger(SlowDatabase(pool), 1, owner=claims.owner)
+    ledger.took("a")
+    handing_back = asyncio.create_task(ledger.handed_back(VideoJob("a", "x"), again=True))
+    await asyncio.sleep(0.05)  # out of flight, its hand-back not yet written
+    stop = asyncio.Event()
+    # Without the wait the run would end here with the video still to do.
+    assert await asyncio.wait_for(ledger.settle(stop), 5) == 1
+    await handing_back
+    assert await claim_all(claims, ["s1"]) == ["a"]

@@ -175,7 +175,7 @@ async def _run(
     """Claims and runs the videos; while a site is throttled, waits (up to
     INGEST_MAX_THROTTLE_WAIT); when nothing else is left, waits for retries due soon."""
     stop = run.shutdown.requested
-    settle = functools.partial(settle_or_retry, run, ledger, listed)
+    settle = RetryWait(run, ledger, listed)
     feed = run.claims.jobs(listed, stop, limit, ledger.returned, closed(run.governor), settle)
     max_wait = parse_interval(run.settings.max_throttle_wait)
     async with asyncio.TaskGroup() as tg:
@@ -186,24 +186,46 @@ async def _run(
             watch.cancel()
 
 
-async def settle_or_retry(run: Session, ledger: Ledger, listed: Sequence[str]) -> int:
-    """Once nothing is in flight: how many videos may be claimed again, after waiting for the
-    next scheduled retry when it is due within INGEST_BACKFILL_RETRY_WAIT; 0 ends the run."""
-    stop = run.shutdown.requested
-    came_back = await ledger.settle(stop)
-    if came_back or stop.is_set():
-        return came_back
-    window = parse_interval(run.settings.backfill_retry_wait)
-    while not stop.is_set():
-        retry = await run.db.run(lambda c: leases.next_retry(c, listed))
-        if retry.due:
-            return retry.due
-        if retry.next_in_s is None or retry.next_in_s > window:
+@dataclass
+class RetryWait:
+    """After the walk found nothing and nothing is in flight: how many videos may be claimed
+    again, after waiting for the next scheduled retry when it is due within
+    INGEST_BACKFILL_RETRY_WAIT; 0 ends the run. Only retries of sources that may be claimed
+    from count, and a wake-up after which nothing could be claimed ends the waiting, so that a
+    retry the walk cannot take never spins the run."""
+
+    run: Session
+    ledger: Ledger
+    listed: Sequence[str]
+    claims_at_wake: int | None = None
+
+    async def __call__(self) -> int:
+        run, ledger = self.run, self.ledger
+        came_back = await ledger.settle(run.shutdown.requested)
+        if came_back or run.shutdown.requested.is_set():
+            return came_back
+        if self.claims_at_wake is not None and len(ledger.claimed) == self.claims_at_wake:
             return 0
-        log.info("waiting_for_retry", next_in_s=round(retry.next_in_s, 1))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), retry.next_in_s + 0.5)
-    return 0
+        due = await self._wait_for_due()
+        self.claims_at_wake = len(ledger.claimed) if due else None
+        return due
+
+    async def _wait_for_due(self) -> int:
+        stop, governor = self.run.shutdown.requested, self.run.governor
+        window = parse_interval(self.run.settings.backfill_retry_wait)
+        while not stop.is_set():
+            open_sources = [s for s in self.listed if not governor.is_blocked(site_of(s))]
+            retry = await self.run.db.run(
+                functools.partial(leases.next_retry, sources=open_sources)
+            )
+            if retry.due:
+                return retry.due
+            if retry.next_in_s is None or retry.next_in_s > window:
+                return 0
+            log.info("waiting_for_retry", next_in_s=round(retry.next_in_s, 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), retry.next_in_s + 0.5)
+        return 0
 
 
 async def watch_throttling(run: Session, max_wait_s: float, gave_up: list[str]) -> None:

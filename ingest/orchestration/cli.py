@@ -283,8 +283,15 @@ def _failed(failed: FailedSummary) -> str:
         (failed.for_good, "for good"),
         (failed.waiting, "wait for a retry"),
         (failed.gave_up, "ran out of tries"),
-        (failed.needs_cookies, "need cookies (age-restricted or members-only)"),
-        (failed.needs_location, "need another location (geo-blocked)"),
+        (
+            failed.needs_cookies,
+            "need cookies of an account that may see them (age-restricted, "
+            "members-only: tried again when the cookies change)",
+        ),
+        (
+            failed.needs_location,
+            "need another location (geo-blocked: tried again when the proxy changes)",
+        ),
     ]
     line = "failed: " + ", ".join(f"{n} {what}" for n, what in parts if n)
     if failed.next_retry_at is not None:

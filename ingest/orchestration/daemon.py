@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -42,36 +43,40 @@ async def poll(
             next_listing = time.monotonic() + interval_s
             ledger.returned.clear()
         await run.claims.take_over_dead()
+        took = 0
         async for job in run.claims.jobs(
             keys, stop, returned=ledger.returned, closed=closed(run.governor)
         ):
+            took += 1
             yield job
         # Caught up: the vector index is built (concurrently) once the corpus is big enough.
         await run.db.run(search_upkeep(run.settings))
-        await _rest(run, keys, next_listing, ledger.retry_scheduled)
+        await _rest(run, keys, next_listing, ledger.wake, took)
 
 
 async def _rest(
-    run: Session, keys: Sequence[str], next_listing: float, woken: asyncio.Event
+    run: Session, keys: Sequence[str], next_listing: float, wake: asyncio.Event, took: int
 ) -> None:
-    """Until the next listing, or the next scheduled retry if that comes first. A video still
-    in flight may fail meanwhile and schedule an earlier retry (`woken`): then again."""
-    stop = run.shutdown.requested
-    while not stop.is_set():
-        woken.clear()
-        retry = await run.db.run(lambda conn: leases.next_retry(conn, keys))
-        wait_s = max(0.0, next_listing - time.monotonic())
-        if retry.next_in_s is not None:
-            wait_s = min(wait_s, retry.next_in_s + 0.5)
-        log.info("poll_done", sources=len(keys), next_in_s=round(wait_s, 1))
-        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())}
-        try:
-            await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        if not woken.is_set():
-            return
+    """Until the next listing, the next scheduled retry, or `wake` (a video in flight failed
+    and scheduled a retry, or came back to be claimed again). A retry that is due but was not
+    claimed (its site is blocked) is looked at again in a minute, not at once."""
+    wake.clear()
+    is_closed = closed(run.governor)
+    open_keys = [key for key in keys if not is_closed(key)]
+    retry = await run.db.run(functools.partial(leases.next_retry, sources=open_keys))
+    wait_s = max(0.0, next_listing - time.monotonic())
+    if retry.next_in_s is not None:
+        wait_s = min(wait_s, retry.next_in_s + 0.5 if took or not retry.due else 60.0)
+    log.info("poll_done", sources=len(keys), next_in_s=round(wait_s, 1))
+    waits = {
+        asyncio.ensure_future(run.shutdown.requested.wait()),
+        asyncio.ensure_future(wake.wait()),
+    }
+    try:
+        await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def daemon(

@@ -77,7 +77,8 @@ class Ledger:
         self._landed = asyncio.Event()  # a video left flight
         self._unwritten = 0  # ends of videos not yet written
         self.started = time.monotonic()
-        self.retry_scheduled = asyncio.Event()  # a failure that may heal was recorded
+        # Something to claim may have appeared: a retry scheduled, a video come back to be claimed.
+        self.wake = asyncio.Event()
 
     def start_clock(self) -> None:
         """Rates are measured from here: once the models are loaded, the work begins."""
@@ -103,7 +104,7 @@ class Ledger:
                 self.lease_lost(job.video_id, "failed")
                 return
         if record.failure_class in videos.HEALING:
-            self.retry_scheduled.set()
+            self.wake.set()
         log.error("video_failed", video_id=job.video_id, stage=stage, error=error,
                   failure_class=record.failure_class)  # fmt: skip
         self.metrics.items.labels(stage, "failed").inc()
@@ -134,6 +135,7 @@ class Ledger:
             log.info("video_handed_back", video_id=job.video_id, again=again)
             if again:
                 self._came_back += 1
+                self.wake.set()
             else:
                 self.counters.handed_back += 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from db.videos import DiscoveredVideo
+from ingest.sites.errors import attach_warnings
 from ingest.stages.messages import VideoJob
 from workers.audio import stated_duration
 
@@ -111,19 +113,21 @@ def _header_duration(file: Path) -> float | None:
 def _list_url(url: str, socket_timeout: float, ytdlp: Mapping[str, Any]) -> Iterator[ListedVideo]:
     import yt_dlp
 
+    logger = _SilentLogger()
     options = {
         "socket_timeout": socket_timeout,  # the user's --socket-timeout wins
         **ytdlp,
         "extract_flat": "in_playlist",
         "quiet": True,
         "no_warnings": True,
-        "logger": _SilentLogger(),
+        "logger": logger,
     }
     try:
         with yt_dlp.YoutubeDL(options) as ydl:
             info = ydl.extract_info(url, download=False)
             yield from _entries(ydl, info, url, depth=0)
     except yt_dlp.utils.DownloadError as exc:
+        attach_warnings(exc, logger.warnings)  # a 429 may be only in them (ingest.sites.errors)
         raise SourceError(f"{url}: {_clean_message(exc)}") from exc
 
 
@@ -192,7 +196,11 @@ def _clean_message(exc: Exception) -> str:
 
 
 class _SilentLogger:
-    """yt-dlp writes to stderr unless given a logger; its errors reach us as exceptions."""
+    """yt-dlp writes to stderr unless given a logger; its errors reach us as exceptions, and its
+    latest warnings are kept to be read with them."""
+
+    def __init__(self) -> None:
+        self.warnings: deque[str] = deque(maxlen=50)
 
     def debug(self, msg: str) -> None:
         pass
@@ -201,7 +209,7 @@ class _SilentLogger:
         pass
 
     def warning(self, msg: str) -> None:
-        pass
+        self.warnings.append(msg)
 
     def error(self, msg: str) -> None:
         pass
