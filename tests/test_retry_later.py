@@ -18,6 +18,7 @@ from ingest.stages.ledger import Ledger, failure_class
 from ingest.stages.messages import VideoJob
 from ingest.stages.transcribe import StageError
 from tests.test_claims import claim_all, listed
+from workers.audio import TruncatedAudio
 
 pytestmark = pytest.mark.anyio
 
@@ -122,6 +123,13 @@ def test_failure_classes() -> None:
     assert failure_class("download", geo, job) == "needs_location"
     assert failure_class("decode", cut, job) == "decode"  # a download may have been cut
     assert failure_class("decode", cut, local) == "permanent"  # a user's file stays as it is
+    too_long = StageError(
+        "decode", ValueError("too long: 53 s of audio, INGEST_MAX_DURATION is 30 s")
+    )
+    assert failure_class("decode", too_long, job) == "permanent"
+    truncated = TruncatedAudio("truncated: 2.0 s of audio where the file states 4.0 s")
+    wrapped = DownloadError(f"ERROR: Postprocessing: {truncated}", (None, truncated, None))
+    assert failure_class("download", wrapped, job) == "decode"  # a download cut short
 
 
 async def test_outcome_counts_what_a_run_set_out_to_do(pool: asyncpg.Pool) -> None:

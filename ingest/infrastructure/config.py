@@ -226,9 +226,9 @@ _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_interval(text: str) -> float:
-    """`90`, `90s`, `15m`, `1h`, `1d` → seconds."""
+def parse_interval(text: str, allow_zero: bool = False) -> float:
+    """`90`, `90s`, `15m`, `1h`, `1d` → seconds (`0` too, where `allow_zero`)."""
     match = _INTERVAL.match(text.lower())
-    if not match or float(match.group(1)) <= 0:
+    if not match or float(match.group(1)) < (0 if allow_zero else 1e-9):
         raise ConfigError(f"invalid interval {text!r}: use e.g. 90s, 15m, 1h")
     return float(match.group(1)) * _UNIT_S[match.group(2)]

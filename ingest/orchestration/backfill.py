@@ -150,18 +150,27 @@ async def backfill(
     async with session(settings, rules, shutdown) as (run, metrics):
         listed, source_failures = await discover(sources, run, ListingPlan(want=limit))
         todo = await run.claims.count(listed)
-        total = min(todo.videos, limit or todo.videos)
         planned = await run.db.run(lambda c: leases.planned_ids(c, listed, run.claims.rules))
+        # What it sets out to do: all claimable now and those waiting for a retry, or N of them.
+        total = len(planned) if limit is None else min(todo.videos, limit)
         ledger = new_ledger(run, total, metrics)
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
-        if total:
+        if todo.videos or (limit is None and await _retry_soon(run, listed)):
             await _run(run, ledger, listed, limit, display, gave_up)
         if not shutdown.requested.is_set():
             await run.db.run(search_upkeep(settings))
         ids = planned if limit is None else sorted(ledger.claimed)
         outcome = await run.db.run(lambda c: leases.outcome(c, ids, run.claims.owner))
     return _result(ledger, outcome, source_failures, run, started, tuple(gave_up))
+
+
+async def _retry_soon(run: Session, listed: Sequence[str]) -> bool:
+    """Whether a scheduled retry falls due within INGEST_BACKFILL_RETRY_WAIT: worth loading
+    the models for."""
+    retry = await run.db.run(functools.partial(leases.next_retry, sources=listed))
+    window = parse_interval(run.settings.backfill_retry_wait, allow_zero=True)
+    return retry.next_in_s is not None and retry.next_in_s <= window
 
 
 async def _run(
@@ -212,7 +221,7 @@ class RetryWait:
 
     async def _wait_for_due(self) -> int:
         stop, governor = self.run.shutdown.requested, self.run.governor
-        window = parse_interval(self.run.settings.backfill_retry_wait)
+        window = parse_interval(self.run.settings.backfill_retry_wait, allow_zero=True)
         while not stop.is_set():
             open_sources = [s for s in self.listed if not governor.is_blocked(site_of(s))]
             retry = await self.run.db.run(

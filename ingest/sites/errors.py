@@ -243,6 +243,11 @@ def classify(exc: BaseException, warnings: Sequence[str] = ()) -> Failure:
     return failure
 
 
+def caused_by(exc: BaseException, class_name: str) -> bool:
+    """Whether an exception of that class (by name, along its MRO) is anywhere in `exc`'s chain."""
+    return any(_is_a(link, (class_name,)) for link in _chain(exc))
+
+
 def attach_warnings(exc: BaseException, warnings: Iterable[str]) -> None:
     """Lets what yt-dlp warned of during the call that raised `exc` travel with it, as
     `exc.ytdlp_warnings` (a tuple), so that any later `classify(exc)` reads it. The exception

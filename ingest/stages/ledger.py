@@ -15,7 +15,7 @@ from db import leases, videos
 from ingest.infrastructure.logging import describe_error
 from ingest.infrastructure.metrics import Metrics, error_kind
 from ingest.infrastructure.retry import Database
-from ingest.sites.errors import classify
+from ingest.sites.errors import caused_by, classify
 from ingest.stages.messages import TranscribedVideo, VideoJob
 
 log = structlog.get_logger()
@@ -201,10 +201,12 @@ class Ledger:
 
 def failure_class(stage: str, exc: BaseException, job: VideoJob) -> str:
     """What kind of failure a video's is, for the schedule of tries (db.videos.HEALING) and for
-    `ingest status`. A downloaded file that does not decode may have been cut short: a new
-    download may heal it; a user's own file will not change by itself."""
+    `ingest status`. A download that was cut short (its audio ends before its header says), or
+    that does not decode, may heal with a new download; a user's own file will not change by
+    itself, and a file too long stays too long."""
     failure = classify(exc)
-    if stage == "decode" and job.local_path is None:
+    cut = caused_by(exc, "TruncatedAudio")
+    if job.local_path is None and (cut or (stage == "decode" and failure.reason != "too long")):
         return "decode"
     if failure.kind == "video_needs_user":
         return "needs_location" if failure.needs == "location" else "needs_cookies"
