@@ -213,10 +213,10 @@ class RetryWait:
         came_back = await ledger.settle(run.shutdown.requested)
         if came_back or run.shutdown.requested.is_set():
             return came_back
-        if self.claims_at_wake is not None and len(ledger.claimed) == self.claims_at_wake:
+        if self.claims_at_wake is not None and ledger.claims == self.claims_at_wake:
             return 0
         due = await self._wait_for_due()
-        self.claims_at_wake = len(ledger.claimed) if due else None
+        self.claims_at_wake = ledger.claims if due else None
         return due
 
     async def _wait_for_due(self) -> int:

@@ -73,6 +73,7 @@ class Ledger:
         self.failures: deque[tuple[str, str]] = deque(maxlen=keep_failures)
         self.returned: set[str] = set()  # videos handed back, not to be claimed again this run
         self.claimed: set[str] = set()  # every video this run took
+        self.claims = 0  # how many times it took one (a video retried counts each time)
         self._came_back = 0  # videos handed back to be claimed again, since the last `settle`
         self._landed = asyncio.Event()  # a video left flight
         self._unwritten = 0  # ends of videos not yet written
@@ -158,6 +159,7 @@ class Ledger:
         """`video_id` is claimed: in flight (its lease renewed) until it ends."""
         self.in_flight.add(video_id)
         self.claimed.add(video_id)
+        self.claims += 1
 
     def ended(self, video_id: str) -> None:
         """`video_id` is no longer in flight: done, failed, skipped, handed back or lost."""
