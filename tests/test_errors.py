@@ -41,6 +41,7 @@ from ingest.sites.errors import (
     parse_retry_after,
     site_of,
 )
+from ingest.sites.ytdlp_log import YtDlpLog
 from tests.feeds import serve
 
 # extractor/youtube/_base.py `_youtube_login_hint`, built on extractor/common.py `_login_hint`
@@ -174,25 +175,6 @@ def refused_everywhere(status: int, reason: str) -> list[str]:
     URL), then three player clients' API requests."""
     page, api = refused(status, reason), refused(status, reason, "API page")
     return [page, api, page, api, api, api]
-
-
-class Said:
-    """A YoutubeDL logger that keeps the warnings, as ingest.stages.download's does."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        self.warnings.append(msg)
-
-    def error(self, msg: str) -> None:
-        pass
 
 
 def refusing(status: int) -> Callable[[Any], Any]:
@@ -524,11 +506,11 @@ def test_a_bug_report_request_does_not_hide_a_clear_error(error: BaseException, 
 
 
 def test_a_bug_report_request_in_the_warnings_means_a_broken_extractor() -> None:
-    said = Said()
+    said = YtDlpLog()
     with yt_dlp.YoutubeDL({"logger": said}) as ydl:
         ie = ydl.get_info_extractor("Youtube")
         ie._search_regex(r"(?!)", "", "player url", fatal=False)  # extractor/common.py
-    assert said.warnings == [f"[youtube] unable to extract player url; {BUG_REPORT}"]
+    assert list(said.warnings) == [f"[youtube] unable to extract player url; {BUG_REPORT}"]
     failure = classify(arrive(extractor_error(NO_FORMAT)), said.warnings)
     assert failure == Failure(
         "extractor_broken", "yt-dlp's YouTube extractor is broken (unable to extract player url)"
@@ -660,15 +642,15 @@ def test_real_yt_dlp_against_a_local_server(
 
 
 def test_the_real_extractor_warns_of_a_missing_po_token_as_above() -> None:
-    said = Said()
+    said = YtDlpLog()
     with yt_dlp.YoutubeDL({"logger": said}) as ydl:
         ydl.get_info_extractor("Youtube")._report_pot_format_skipped(VIDEO, "mweb", "https")
-    assert said.warnings == [POT_SKIPPED]
+    assert list(said.warnings) == [POT_SKIPPED]
 
 
 @pytest.mark.parametrize(("status", "reason"), [(429, "Too Many Requests"), (403, "Forbidden")])
 def test_the_real_youtube_extractor_warns_then_fails_as_above(status: int, reason: str) -> None:
-    said = Said()
+    said = YtDlpLog()
     # Without a JavaScript runtime too: its warning comes first and does not hide the refusals.
     params = {"logger": said, "cachedir": False, "js_runtimes": {}}
     with yt_dlp.YoutubeDL(params) as ydl:
@@ -703,7 +685,7 @@ def _wrong_type(url: str) -> Any:
 def test_an_extractor_that_crashes_is_broken(
     crash: Callable[[str], Any], said: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with yt_dlp.YoutubeDL({"logger": Said()}) as ydl:
+    with yt_dlp.YoutubeDL({"logger": YtDlpLog()}) as ydl:
         monkeypatch.setattr(ydl.get_info_extractor("Youtube"), "_real_extract", crash)
         with pytest.raises((DownloadError, TypeError)) as raised:
             ydl.extract_info(f"https://www.youtube.com/watch?v={VIDEO}", download=False)

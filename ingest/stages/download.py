@@ -29,6 +29,7 @@ from ingest.sites.throttle import (
     ThrottleStopped,
     governed,
 )
+from ingest.sites.ytdlp_log import YtDlpLog
 from ingest.stages.ledger import Ledger
 from ingest.stages.messages import AudioFile, Captions, VideoJob
 from ingest.stages.sources import describe
@@ -106,7 +107,7 @@ class Downloader:
         (`attach_warnings`): it often tells more than its final error, for `classify`."""
         stem = audio_stem(job.video_id)
         ydl = self._ydl()
-        ytdlp_log = _YtDlpLog.of(ydl)
+        ytdlp_log = YtDlpLog.of(ydl)
         ytdlp_log.warnings.clear()
         ydl.params["outtmpl"] = {"default": str(self.options.audio_dir / f"{stem}.%(ext)s")}
         try:
@@ -196,7 +197,7 @@ class Downloader:
                 "quiet": True,
                 "no_warnings": True,
                 "noprogress": True,
-                "logger": _YtDlpLog(),
+                "logger": YtDlpLog(),
                 "progress_hooks": [self._check_cancelled],
                 "postprocessor_args": {
                     "completeaudio": ["-ar", "16000", "-ac", "1"],
@@ -319,37 +320,6 @@ def metadata(info: Mapping[str, Any], job: VideoJob) -> DiscoveredVideo:
 def remove_partial_files(directory: Path, stem: str) -> None:
     for leftover in directory.glob(f"{stem}.*"):
         leftover.unlink(missing_ok=True)
-
-
-class _YtDlpLog:
-    """Routes yt-dlp's own messages to our log; failures reach us as exceptions as well. Keeps
-    the latest warnings of the current download (one YoutubeDL, so one log, per thread): yt-dlp
-    often says what went wrong only there, before a generic final error."""
-
-    KEPT = 50  # plenty for one extraction: YouTube's warns about twice per player client
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    @classmethod
-    def of(cls, ydl: Any) -> _YtDlpLog:
-        """`ydl`'s log; a throwaway one when it has another logger."""
-        logger = ydl.params.get("logger")
-        return logger if isinstance(logger, cls) else cls()
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        log.debug("yt_dlp_warning", message=msg)
-        self.warnings.append(msg)
-        del self.warnings[: -self.KEPT]
-
-    def error(self, msg: str) -> None:
-        log.debug("yt_dlp_error", message=msg)
 
 
 async def download_stage(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Any
 
 from db.videos import DiscoveredVideo
 from ingest.sites.errors import attach_warnings
+from ingest.sites.ytdlp_log import YtDlpLog
 from ingest.stages.messages import VideoJob
 from workers.audio import stated_duration
 
@@ -113,7 +113,7 @@ def _header_duration(file: Path) -> float | None:
 def _list_url(url: str, socket_timeout: float, ytdlp: Mapping[str, Any]) -> Iterator[ListedVideo]:
     import yt_dlp
 
-    logger = _SilentLogger()
+    logger = YtDlpLog()
     options = {
         "socket_timeout": socket_timeout,  # the user's --socket-timeout wins
         **ytdlp,
@@ -193,23 +193,3 @@ def published_at(info: Mapping[str, Any]) -> datetime | None:
 
 def _clean_message(exc: Exception) -> str:
     return str(exc).removeprefix("ERROR: ").strip()
-
-
-class _SilentLogger:
-    """yt-dlp writes to stderr unless given a logger; its errors reach us as exceptions, and its
-    latest warnings are kept to be read with them."""
-
-    def __init__(self) -> None:
-        self.warnings: deque[str] = deque(maxlen=50)
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        self.warnings.append(msg)
-
-    def error(self, msg: str) -> None:
-        pass
