@@ -14,6 +14,8 @@ from datetime import datetime
 
 import asyncpg
 
+from db.videos import FAILED_FOR_GOOD, FAILED_SET_ASIDE, FAILED_WAITING
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimRules:
@@ -89,14 +91,17 @@ async def claim_next(
     return None if row is None else Claimed(**dict(row))
 
 
-_COUNT_SELECT = """SELECT count(*) AS videos, coalesce(sum(v.duration_s), 0) AS audio_s,
-        count(*) - count(v.duration_s) AS unknown"""
-_COUNT_CLAIMABLE = f"""
-    {_COUNT_SELECT}
+# The claimable videos of the sources' listings ($1), under the rules' cutoffs and identity.
+_CLAIMABLE_OF_SOURCES = f"""
     FROM videos v
     WHERE v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[]))
       AND {_CLAIMABLE_VIDEO.format(identity="$4")}
 """  # noqa: S608 - a constant fragment; every value is a parameter
+_COUNT_CLAIMABLE = f"""
+    SELECT count(*) AS videos, coalesce(sum(v.duration_s), 0) AS audio_s,
+        count(*) - count(v.duration_s) AS unknown
+    {_CLAIMABLE_OF_SOURCES}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,24 +213,24 @@ class Outcome:
     elsewhere: int = 0  # under way in another replica (its lease is alive)
 
 
+_OUTCOME = f"""
+    SELECT count(*) FILTER (WHERE status IN ('done', 'skipped')) AS finished,
+        count(*) FILTER (WHERE {FAILED_FOR_GOOD}) AS failed_for_good,
+        count(*) FILTER (WHERE {FAILED_SET_ASIDE}) AS set_aside,
+        count(*) FILTER (WHERE {FAILED_WAITING}) AS waiting_retry,
+        count(*) FILTER (WHERE status = 'discovered' OR (status = 'processing'
+            AND NOT coalesce(lease_owner <> $2 AND lease_expires_at > now(), false)))
+            AS left,
+        count(*) FILTER (WHERE status = 'processing' AND lease_owner <> $2
+            AND lease_expires_at > now()) AS elsewhere
+    FROM videos WHERE id = ANY($1::text[])
+"""  # noqa: S608 - constant fragments; every value is a parameter
+
+
 async def outcome(conn: asyncpg.Connection, ids: Sequence[str], owner: str) -> Outcome:
     """Where the videos `ids` stand, seen by `owner` (whose own leases are not elsewhere)."""
     row = await conn.fetchrow(
-        """
-        SELECT count(*) FILTER (WHERE status IN ('done', 'skipped')) AS finished,
-            count(*) FILTER (WHERE status = 'failed' AND retry_at IS NULL AND
-                coalesce(failure_class, '') NOT IN ('needs_cookies', 'needs_location'))
-                AS failed_for_good,
-            count(*) FILTER (WHERE status = 'failed' AND retry_at IS NULL AND
-                failure_class IN ('needs_cookies', 'needs_location')) AS set_aside,
-            count(*) FILTER (WHERE status = 'failed' AND retry_at IS NOT NULL) AS waiting_retry,
-            count(*) FILTER (WHERE status = 'discovered' OR (status = 'processing'
-                AND NOT coalesce(lease_owner <> $2 AND lease_expires_at > now(), false)))
-                AS left,
-            count(*) FILTER (WHERE status = 'processing' AND lease_owner <> $2
-                AND lease_expires_at > now()) AS elsewhere
-        FROM videos WHERE id = ANY($1::text[])
-        """,
+        _OUTCOME,
         list(ids),
         owner,
     )
@@ -233,8 +238,8 @@ async def outcome(conn: asyncpg.Connection, ids: Sequence[str], owner: str) -> O
 
 
 _PLANNED = f"""
-    {_COUNT_CLAIMABLE.replace(_COUNT_SELECT, "SELECT v.id")}
-    UNION SELECT v.id FROM videos v WHERE v.status = 'failed' AND v.retry_at IS NOT NULL
+    SELECT v.id {_CLAIMABLE_OF_SOURCES}
+    UNION SELECT v.id FROM videos v WHERE {FAILED_WAITING}
       AND v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[]))
 """  # noqa: S608 - constant fragments; every value is a parameter
 

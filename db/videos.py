@@ -80,16 +80,6 @@ _TRANSCRIPTS = """
     SELECT coalesce(split_part(transcript_source, ' (', 1), 'unrecorded') AS kind, count(*) AS n
     FROM videos WHERE status = 'done' GROUP BY 1 ORDER BY 2 DESC
 """
-_FAILED_SUMMARY = """
-    SELECT count(*) FILTER (WHERE retry_at IS NOT NULL) AS waiting,
-        min(retry_at) AS next_retry_at,
-        count(*) FILTER (WHERE retry_at IS NULL AND failure_class = ANY($1::text[])) AS gave_up,
-        count(*) FILTER (WHERE failure_class = 'needs_cookies') AS needs_cookies,
-        count(*) FILTER (WHERE failure_class = 'needs_location') AS needs_location,
-        count(*) FILTER (WHERE retry_at IS NULL
-            AND coalesce(failure_class, 'permanent') <> ALL($2::text[])) AS for_good
-    FROM videos WHERE status = 'failed'
-"""
 _TODO = """
     SELECT coalesce(sum(duration_s), 0) AS audio_s, count(*) - count(duration_s) AS unknown
     FROM videos WHERE status IN ('discovered', 'processing')
@@ -181,6 +171,25 @@ class RetrySchedule:
 HEALING = ("transient", "decode", "extractor_broken", "needs_user")
 # Per-video conditions, tried again when the cookies or proxy settings change.
 SET_ASIDE = ("needs_cookies", "needs_location")
+_SET_ASIDE_LIST = ", ".join(f"'{name}'" for name in SET_ASIDE)
+# What happens next to a failed video, as SQL conditions on its row (db.leases counts a run's
+# videos by them too).
+FAILED_WAITING = "status = 'failed' AND retry_at IS NOT NULL"
+FAILED_SET_ASIDE = f"status = 'failed' AND failure_class IN ({_SET_ASIDE_LIST})"
+FAILED_FOR_GOOD = (
+    "status = 'failed' AND retry_at IS NULL"
+    f" AND coalesce(failure_class, 'permanent') NOT IN ({_SET_ASIDE_LIST})"
+)
+_FAILED_SUMMARY = f"""
+    SELECT count(*) FILTER (WHERE {FAILED_WAITING}) AS waiting,
+        min(retry_at) AS next_retry_at,
+        count(*) FILTER (WHERE {FAILED_FOR_GOOD} AND failure_class = ANY($1::text[])) AS gave_up,
+        count(*) FILTER (WHERE failure_class = 'needs_cookies') AS needs_cookies,
+        count(*) FILTER (WHERE failure_class = 'needs_location') AS needs_location,
+        count(*) FILTER (WHERE {FAILED_FOR_GOOD}
+            AND coalesce(failure_class, 'permanent') <> ALL($1::text[])) AS for_good
+    FROM videos WHERE status = 'failed'
+"""  # noqa: S608 - constant fragments; every value is a parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +263,7 @@ async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> Statu
         errors,
     )
     recent = [RecentError(**dict(r)) for r in rows]
-    failed = await conn.fetchrow(_FAILED_SUMMARY, list(HEALING), [*HEALING, *SET_ASIDE])
+    failed = await conn.fetchrow(_FAILED_SUMMARY, list(HEALING))
     todo = await conn.fetchrow(_TODO)
     rate = await conn.fetchval(_RECENT_RATE)
     return StatusSummary(

@@ -156,8 +156,9 @@ async def backfill(
         ledger = new_ledger(run, total, metrics)
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
-        if todo.videos or (limit is None and await _retry_soon(run, listed)):
-            await _run(run, ledger, listed, limit, display, gave_up)
+        retries = RetryWait(run, ledger, listed)
+        if todo.videos or (limit is None and await retries.soon()):
+            await _run(run, ledger, retries, limit, display, gave_up)
         if not shutdown.requested.is_set():
             await run.db.run(search_upkeep(settings))
         ids = planned if limit is None else sorted(ledger.claimed)
@@ -165,27 +166,18 @@ async def backfill(
     return _result(ledger, outcome, source_failures, run, started, tuple(gave_up))
 
 
-async def _retry_soon(run: Session, listed: Sequence[str]) -> bool:
-    """Whether a scheduled retry falls due within INGEST_BACKFILL_RETRY_WAIT: worth loading
-    the models for."""
-    retry = await run.db.run(functools.partial(leases.next_retry, sources=listed))
-    window = parse_interval(run.settings.backfill_retry_wait, allow_zero=True)
-    return retry.next_in_s is not None and retry.next_in_s <= window
-
-
 async def _run(
     run: Session,
     ledger: Ledger,
-    listed: Sequence[str],
+    retries: RetryWait,
     limit: int | None,
     display: Display | None,
     gave_up: list[str],
 ) -> None:
     """Claims and runs the videos; while a site is throttled, waits (up to
     INGEST_MAX_THROTTLE_WAIT); when nothing else is left, waits for retries due soon."""
-    stop = run.shutdown.requested
-    settle = RetryWait(run, ledger, listed)
-    feed = run.claims.jobs(listed, stop, limit, ledger.returned, closed(run.governor), settle)
+    stop, listed = run.shutdown.requested, retries.listed
+    feed = run.claims.jobs(listed, stop, limit, ledger.returned, closed(run.governor), retries)
     max_wait = parse_interval(run.settings.max_throttle_wait)
     async with asyncio.TaskGroup() as tg:
         watch = tg.create_task(watch_throttling(run, max_wait, gave_up))
@@ -219,17 +211,26 @@ class RetryWait:
         self.claims_at_wake = ledger.claims if due else None
         return due
 
+    async def soon(self) -> bool:
+        """Whether a retry falls due within the window: worth loading the models for."""
+        retry = await self._next_retry()
+        return retry.next_in_s is not None and retry.next_in_s <= self._window_s
+
+    @property
+    def _window_s(self) -> float:
+        return parse_interval(self.run.settings.backfill_retry_wait, allow_zero=True)
+
+    async def _next_retry(self) -> leases.NextRetry:
+        sources = open_sources(self.run.governor, self.listed)
+        return await self.run.db.run(functools.partial(leases.next_retry, sources=sources))
+
     async def _wait_for_due(self) -> int:
-        stop, governor = self.run.shutdown.requested, self.run.governor
-        window = parse_interval(self.run.settings.backfill_retry_wait, allow_zero=True)
+        stop = self.run.shutdown.requested
         while not stop.is_set():
-            open_sources = [s for s in self.listed if not governor.is_blocked(site_of(s))]
-            retry = await self.run.db.run(
-                functools.partial(leases.next_retry, sources=open_sources)
-            )
+            retry = await self._next_retry()
             if retry.due:
                 return retry.due
-            if retry.next_in_s is None or retry.next_in_s > window:
+            if retry.next_in_s is None or retry.next_in_s > self._window_s:
                 return 0
             log.info("waiting_for_retry", next_in_s=round(retry.next_in_s, 1))
             with contextlib.suppress(TimeoutError):
@@ -296,3 +297,8 @@ def announce(todo: Claimable, total: int) -> None:
 def closed(governor: Governor) -> Callable[[str], bool]:
     """Whether a source's site waits for the user, so that its videos are not claimed."""
     return lambda source: governor.is_blocked(site_of(source))
+
+
+def open_sources(governor: Governor, sources: Sequence[str]) -> list[str]:
+    """The sources whose videos may be claimed now."""
+    return [source for source in sources if not governor.is_blocked(site_of(source))]

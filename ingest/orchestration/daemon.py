@@ -14,7 +14,7 @@ from db import leases
 from db.leases import ClaimRules
 from ingest.infrastructure.config import Settings, parse_interval
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.orchestration.backfill import closed, new_ledger, session
+from ingest.orchestration.backfill import closed, new_ledger, open_sources, session
 from ingest.orchestration.discovery import ListingPlan, discover
 from ingest.orchestration.runner import Session, run_jobs
 from ingest.orchestration.search import search_upkeep
@@ -61,8 +61,7 @@ async def _rest(
     and scheduled a retry, or came back to be claimed again). A retry that is due but was not
     claimed (its site is blocked) is looked at again in a minute, not at once."""
     wake.clear()
-    is_closed = closed(run.governor)
-    open_keys = [key for key in keys if not is_closed(key)]
+    open_keys = open_sources(run.governor, keys)
     retry = await run.db.run(functools.partial(leases.next_retry, sources=open_keys))
     wait_s = max(0.0, next_listing - time.monotonic())
     if retry.next_in_s is not None:
