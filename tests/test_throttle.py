@@ -45,11 +45,11 @@ async def test_a_pause_holds_every_request_then_one_probe_goes_first() -> None:
     went: list[tuple[bool, float]] = []
 
     async def request() -> None:
-        probe = await gov.admit("x.org")
-        went.append((probe.probe, time.monotonic() - started))
-        if probe:
+        ticket = await gov.admit("x.org")
+        went.append((ticket.probe, time.monotonic() - started))
+        if ticket.probe:
             await asyncio.sleep(0.2)
-        gov.answered("x.org", probe)
+        gov.answered("x.org", ticket)
 
     started = time.monotonic()
     await asyncio.gather(request(), request(), request())
@@ -188,7 +188,7 @@ async def test_a_download_that_meets_a_pause_gives_up_at_once_and_claiming_waits
     started = time.monotonic()
     await gov.reopened("x.org")
     assert time.monotonic() - started >= 0.9  # waited out the pause (a second at least)
-    assert await gov.admit("x.org", hand_back=True)  # the pause is over: this one probes
+    assert (await gov.admit("x.org", hand_back=True)).probe  # the pause is over: this one probes
 
 
 async def test_a_throttled_download_is_handed_back_instead_of_tried_again() -> None:

@@ -98,9 +98,6 @@ class Ticket:
     epoch: int
     probe: bool = False
 
-    def __bool__(self) -> bool:
-        return self.probe
-
 
 @dataclass(frozen=True, slots=True)
 class SiteStatus:

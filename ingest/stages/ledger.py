@@ -72,7 +72,10 @@ class Ledger:
         # months, and the database has them all.
         self.failures: deque[tuple[str, str]] = deque(maxlen=keep_failures)
         self.returned: set[str] = set()  # videos handed back, not to be claimed again this run
-        self.claimed: set[str] = set()  # every video this run took
+        # Every video this run took; a daemon's ledger (`keep_failures` set: it runs for
+        # months) keeps no such per-video memory.
+        self.claimed: set[str] = set()
+        self._remember_claims = keep_failures is None
         self.claims = 0  # how many times it took one (a video retried counts each time)
         self._came_back = 0  # videos handed back to be claimed again, since the last `settle`
         self._landed = asyncio.Event()  # a video left flight
@@ -158,8 +161,9 @@ class Ledger:
     def took(self, video_id: str) -> None:
         """`video_id` is claimed: in flight (its lease renewed) until it ends."""
         self.in_flight.add(video_id)
-        self.claimed.add(video_id)
         self.claims += 1
+        if self._remember_claims:
+            self.claimed.add(video_id)
 
     def ended(self, video_id: str) -> None:
         """`video_id` is no longer in flight: done, failed, skipped, handed back or lost."""
