@@ -1,15 +1,18 @@
 """Claims against listings of growing size: the next video to do must not cost more as the
-channel grows. Also the time to record a listing through the real discovery path, a daemon's
-poll of a large channel with nothing new, and `--limit 4` of a large feed against a small one."""
+channel grows, nor as its backlog thins out. Each claim's latency (p99, on one connection) for an
+idle source beside a busy one and for a sparse backlog; the database side of a daemon's idle poll
+of a large channel. Also the time to record a listing through the real discovery path, and
+`--limit 4` of a large feed against a small one."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,8 +22,8 @@ import asyncpg
 
 from bench.database import fresh_database
 from bench.results import Figure
-from db.leases import ClaimRules, claim_next
-from db.listings import known, record_listing
+from db.leases import Claimed, ClaimRules, claim_next, draw_tokens, next_retry
+from db.listings import FIRST_POSITION, known, poll_state, record_listing
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from db.videos import DiscoveredVideo, record_discovered
@@ -33,7 +36,11 @@ from ingest.orchestration.runner import Session
 from ingest.sites.throttle import Governor
 
 SOURCE = "https://example.org/@channel/videos"
+IDLE = "https://example.org/@idle/videos"
+OWNER = "bench:1:x"
 CLAIMS = 500
+SPARSE_EVERY = 1_000  # one video to do in so many listed
+POLLS = 5
 
 
 def claims(server_uri: str, quick: bool) -> list[Figure]:
@@ -41,13 +48,23 @@ def claims(server_uri: str, quick: bool) -> list[Figure]:
     rates = {size: asyncio.run(_claim_rate(server_uri, size)) for size in sizes}
     listing = 10_000 if quick else 100_000
     recorded_s = asyncio.run(_record_time(server_uri, listing))
-    poll_s = asyncio.run(_poll_time(server_uri, listing))
+    idle_ms, busy_ms = asyncio.run(_idle_beside_busy(server_uri, listing))
+    sparse = 20_000 if quick else 200_000
+    sparse_ms = asyncio.run(_sparse(server_uri, sparse))
+    polled = 100_000 if quick else 1_000_000
+    poll_ms = asyncio.run(_poll_time(server_uri, polled))
     big_feed = 2_000 if quick else 20_000
     small_s, big_s = (asyncio.run(_limited_listing(server_uri, n)) for n in (4, big_feed))
     smallest, largest = sizes[0], sizes[-1]
     return [
-        Figure("claims", f"daemon poll of {listing:,} listed, nothing new (database side)",
-               poll_s, "s", target=None if quick else 2.0, compare="<="),
+        Figure("claims", f"daemon poll of {polled:,} listed, all done, nothing new (database "
+               f"side, median of {POLLS})", poll_ms, "ms", target=50.0, compare="<="),
+        Figure("claims", f"claim p99, idle source of {listing:,} (all done) beside a busy one",
+               idle_ms, "ms", target=5.0, compare="<="),
+        Figure("claims", f"claim p99, busy source of {listing:,} to do beside an idle one",
+               busy_ms, "ms", target=5.0, compare="<="),
+        Figure("claims", f"claim p99, sparse: 1 in {SPARSE_EVERY:,} of {sparse:,} to do",
+               sparse_ms, "ms", target=5.0, compare="<="),
         Figure("claims", "listing for --limit 4 of a 4-entry feed", small_s, "s"),
         Figure("claims", f"listing for --limit 4 of a {big_feed:,}-entry feed", big_s, "s"),
         *(
@@ -75,11 +92,12 @@ async def _claim_rate(server_uri: str, size: int) -> float:
     pool = await _database(server_uri)
     try:
         async with pool.acquire() as conn:
-            await _fill(conn, size)
+            await _fill(conn, size, todo=lambda i: i >= size // 2)
             rules, position = ClaimRules(), size // 2
+            tokens = await draw_tokens(conn, CLAIMS)
             started = time.perf_counter()
-            for _ in range(CLAIMS):
-                claimed = await claim_next(conn, "bench:1:x", SOURCE, position, rules)
+            for token in tokens:
+                claimed = await claim_next(conn, OWNER, SOURCE, position, rules, token)
                 assert claimed is not None
                 position = claimed.position + 1
             return CLAIMS / (time.perf_counter() - started)
@@ -87,15 +105,76 @@ async def _claim_rate(server_uri: str, size: int) -> float:
         await pool.close()
 
 
-async def _fill(conn: asyncpg.Connection, size: int, done: int | None = None) -> None:
-    """`size` videos, the first `done` (half) done, and their listing: set up with COPY, not
-    measured."""
-    done = size // 2 if done is None else done
-    rows = [(f"v{i}", f"https://example.org/{i}", "done" if i < done else "discovered")
+async def _fill(
+    conn: asyncpg.Connection, size: int, todo: Callable[[int], bool], source: str = SOURCE
+) -> None:
+    """`size` videos, those `todo` picks to do and the rest done, and `source`'s listing of them:
+    set up with COPY, not measured. Each source's videos are its own (ids named after it)."""
+    tag = "i" if source == IDLE else "v"
+    rows = [(f"{tag}{i}", f"https://example.org/{tag}{i}", "discovered" if todo(i) else "done")
             for i in range(size)]  # fmt: skip
     await conn.copy_records_to_table("videos", records=rows, columns=["id", "url", "status"])
-    await record_listing(conn, SOURCE, [row[0] for row in rows])
+    await record_listing(conn, source, [row[0] for row in rows])
     await conn.execute("ANALYZE videos; ANALYZE listings")
+
+
+async def _timed_claim(
+    conn: asyncpg.Connection, source: str, start: int, token: int
+) -> tuple[Claimed | None, float]:
+    """One claim, and its milliseconds as the client sees them (one round trip)."""
+    started = time.perf_counter()
+    claimed = await claim_next(conn, OWNER, source, start, ClaimRules(), token)
+    return claimed, (time.perf_counter() - started) * 1000
+
+
+def _p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[98]
+
+
+async def _idle_beside_busy(server_uri: str, size: int) -> tuple[float, float]:
+    """p99 milliseconds of a claim against a source whose `size` videos are all done, and of
+    one against a source of `size` to do, taken in turn as a walk over both does. The idle
+    source is walked from its start each time, as a walk that restarts does."""
+    pool = await _database(server_uri)
+    try:
+        async with pool.acquire() as conn:
+            await _fill(conn, size, todo=lambda _: False, source=IDLE)
+            await _fill(conn, size, todo=lambda _: True)
+            idle, busy, position = [], [], FIRST_POSITION
+            # A claim that finds nothing spends no token: each idle claim's serves the busy one's.
+            for token in await draw_tokens(conn, CLAIMS):
+                nothing, ms = await _timed_claim(conn, IDLE, FIRST_POSITION, token)
+                assert nothing is None
+                idle.append(ms)
+                claimed, ms = await _timed_claim(conn, SOURCE, position, token)
+                assert claimed is not None
+                busy.append(ms)
+                position = claimed.position + 1
+            return _p99(idle), _p99(busy)
+    finally:
+        await pool.close()
+
+
+async def _sparse(server_uri: str, size: int) -> float:
+    """p99 milliseconds of the claims of a walk, with a cursor as `Claims.jobs` keeps, along a
+    listing of `size` with one video in `SPARSE_EVERY` to do: each claim passes the done videos
+    before its own, and the last finds nothing after the last one."""
+    pool = await _database(server_uri)
+    try:
+        async with pool.acquire() as conn:
+            await _fill(conn, size, todo=lambda i: i % SPARSE_EVERY == SPARSE_EVERY - 1)
+            tokens = iter(await draw_tokens(conn, size // SPARSE_EVERY + 1))
+            latencies, position = [], FIRST_POSITION
+            while True:
+                claimed, ms = await _timed_claim(conn, SOURCE, position, next(tokens))
+                latencies.append(ms)
+                if claimed is None:
+                    break
+                position = claimed.position + 1
+            assert len(latencies) == size // SPARSE_EVERY + 1
+            return _p99(latencies)
+    finally:
+        await pool.close()
 
 
 async def _record_time(server_uri: str, size: int) -> float:
@@ -115,21 +194,30 @@ async def _record_time(server_uri: str, size: int) -> float:
 
 
 async def _poll_time(server_uri: str, size: int) -> float:
-    """Seconds of a daemon's poll of a channel of `size` videos, all done, whose newest window
-    holds nothing new: the window checked against the listing, then a walk that claims nothing.
-    The listing request itself is YouTube's time, not ours."""
+    """Median milliseconds of a daemon's poll of a channel of `size` videos, all done, whose
+    newest window holds nothing new: its poll state, the window checked against the listing, a
+    walk that claims nothing (after `tidy`), and the next scheduled retry. The listing request
+    itself is YouTube's time, not ours."""
     pool = await _database(server_uri)
     try:
         async with pool.acquire() as conn:
-            await _fill(conn, size, done=size)
-        claims = Claims(Database(pool), "bench:1:x", ClaimRules())
-        started = time.perf_counter()
-        async with pool.acquire() as conn:
-            assert len(await known(conn, SOURCE, [f"v{i}" for i in range(50)])) == 50
-        assert [job async for job in claims.jobs([SOURCE], asyncio.Event())] == []
-        return time.perf_counter() - started
+            await _fill(conn, size, todo=lambda _: False)
+        claims = Claims(Database(pool), OWNER, ClaimRules())
+        return statistics.median([await _poll_once(pool, claims) for _ in range(POLLS)])
     finally:
         await pool.close()
+
+
+async def _poll_once(pool: asyncpg.Pool, claims: Claims) -> float:
+    """Milliseconds of one poll, in the order of a daemon's: discovery, the walk, the rest."""
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        assert (await poll_state(conn, SOURCE)).listed
+        assert len(await known(conn, SOURCE, [f"v{i}" for i in range(50)])) == 50
+    assert [job async for job in claims.jobs([SOURCE], asyncio.Event())] == []
+    async with pool.acquire() as conn:
+        assert (await next_retry(conn, [SOURCE])).due == 0
+    return (time.perf_counter() - started) * 1000
 
 
 async def _limited_listing(server_uri: str, entries: int) -> float:
@@ -142,7 +230,7 @@ async def _limited_listing(server_uri: str, entries: int) -> float:
             feed = _write_feed(Path(folder), base, entries)
             db = Database(pool)
             settings = Settings(data_dir=Path(folder) / "data", ytdlp_sleep_requests=0)
-            run = Session(settings, db, Claims(db, "bench:1:x", ClaimRules()), Shutdown(1),
+            run = Session(settings, db, Claims(db, OWNER, ClaimRules()), Shutdown(1),
                           Governor())  # fmt: skip
             started = time.perf_counter()
             await discover([feed], run, ListingPlan(want=4))

@@ -16,10 +16,19 @@ import asyncpg
 FIRST_POSITION = -(2**31)
 
 
+# Rows of `source` from position $2 on, with whether each video may be claimed now. Under the
+# source's lock, a change of a video's state waits (see migration 012), so `ready` cannot miss one.
+_INSERT = """
+INSERT INTO listings (source, position, video_id, ready)
+SELECT $1, $2 + t.n - 1, t.id, video_ready(v.status, v.retry_at)
+FROM unnest($3::text[]) WITH ORDINALITY AS t(id, n) JOIN videos v ON v.id = t.id
+"""
+
+
 async def record_listing(
     conn: asyncpg.Connection, source: str, ids: Sequence[str], *, full: bool = True
 ) -> None:
-    """`source`'s listing, in its order, replacing the previous one: one COPY, however long.
+    """`source`'s listing, in its order, replacing the previous one: one statement, however long.
     A `full` one (the whole source, not its newest videos only) is dated, on the database's
     clock, so that a daemon knows when to list the source in full again."""
     async with conn.transaction():
@@ -27,11 +36,7 @@ async def record_listing(
         # otherwise both find nothing to delete and collide on its positions.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", source)
         await conn.execute("DELETE FROM listings WHERE source = $1", source)
-        await conn.copy_records_to_table(
-            "listings",
-            records=[(source, position, video_id) for position, video_id in enumerate(ids)],
-            columns=["source", "position", "video_id"],
-        )
+        await conn.execute(_INSERT, source, 0, list(ids))
         if full:
             await conn.execute(
                 "INSERT INTO source_polls (source, full_listed_at) VALUES ($1, now())"
@@ -64,11 +69,7 @@ async def prepend(conn: asyncpg.Connection, source: str, ids: Sequence[str]) -> 
         start = top - len(new)
         if start < FIRST_POSITION:
             raise ValueError(f"listing of {source} full: list it in full to renumber it")
-        await conn.copy_records_to_table(
-            "listings",
-            records=[(source, start + offset, video_id) for offset, video_id in enumerate(new)],
-            columns=["source", "position", "video_id"],
-        )
+        await conn.execute(_INSERT, source, start, new)
         return len(new)
 
 
@@ -87,8 +88,9 @@ async def poll_state(conn: asyncpg.Connection, source: str) -> PollState:
         SELECT EXISTS (SELECT 1 FROM listings WHERE source = $1) AS listed,
                extract(epoch FROM now() - p.full_listed_at)::float8 AS full_age_s,
                p.etag, p.last_modified,
-               EXISTS (SELECT 1 FROM listings l JOIN videos v ON v.id = l.video_id
-                       WHERE l.source = $1 AND v.status = 'skipped') AS skipped
+               EXISTS (SELECT 1 FROM videos v WHERE v.status = 'skipped' AND EXISTS (
+                   SELECT 1 FROM listings l WHERE l.video_id = v.id AND l.source = $1))
+                   AS skipped
         FROM (SELECT 1) AS one LEFT JOIN source_polls p ON p.source = $1
         """,
         source,

@@ -99,6 +99,7 @@ class FinishedVideo:
     timings: Mapping[str, float] = field(default_factory=dict)
     speakers: SpeakerPath = SpeakerPath()
     transcript_source: str | None = None
+    lease: int | None = None  # the claim's fencing token; None: written without a claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +108,24 @@ class WriteResult:
     chunks: int
     rows_written: int  # inserted or changed; unchanged rows are not rewritten
     rows_deleted: int
-    lost: tuple[str, ...] = ()  # videos whose lease the writer no longer held: not written
+    lost: tuple[str, ...] = ()  # videos whose claim no longer held them: not written
+    # Videos an earlier attempt of this write had written (its reply was lost): not written again.
+    already: tuple[str, ...] = ()
 
 
-# Locks the videos the writer still holds, so a takeover waits for this transaction to end.
+# The videos whose claims still hold them, locked so that a takeover waits for this transaction
+# to end; and those an earlier attempt of the same claims marked done.
 _HELD = """
-SELECT id FROM videos
-WHERE id = ANY($1::text[]) AND lease_owner = $2 AND status = 'processing' FOR UPDATE
+SELECT v.id, v.status FROM videos v JOIN unnest($1::text[], $2::bigint[]) AS c(id, token)
+    ON v.id = c.id AND v.lease_token = c.token
+WHERE v.status IN ('processing', 'done') FOR NO KEY UPDATE OF v
 """
 
 
-async def write_finished(
-    conn: asyncpg.Connection, videos: Sequence[FinishedVideo], owner: str | None = None
-) -> WriteResult:
-    """Writes the videos' chunks and marks them done, in one transaction; with `owner`, only
-    the videos it still holds (checked and locked in that transaction), the others are `lost`.
+async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> WriteResult:
+    """Writes the videos' chunks and marks them done, in one transaction: of the videos with a
+    claim (`lease`), only those it still holds (checked and locked in that transaction); the
+    others are `lost`, or `already` written when this is a retry whose first reply was lost.
 
     Videos with no stored chunks yet (every video of a first backfill) are COPYed straight into
     `segments`, which writes each row once; otherwise rows go through the staging table and the
@@ -131,15 +135,16 @@ async def write_finished(
     if not await conn.fetchval(_ANY_STORED, ids):
         try:
             async with conn.transaction():
-                kept = await _still_held(conn, videos, owner)
+                kept, already = await _still_held(conn, videos)
                 records = _records(kept)
                 await conn.copy_records_to_table("segments", records=records, columns=_COLUMNS)
                 await _mark_done(conn, kept)
-            return WriteResult(len(kept), len(records), len(records), 0, _lost(videos, kept))
+            lost = _lost(videos, kept, already)
+            return WriteResult(len(kept), len(records), len(records), 0, lost, already)
         except asyncpg.UniqueViolationError:
             pass
     async with conn.transaction():
-        kept = await _still_held(conn, videos, owner)
+        kept, already = await _still_held(conn, videos)
         records = _records(kept)
         await conn.execute(_STAGING)
         await conn.copy_records_to_table("segments_staging", records=records, columns=_COLUMNS)
@@ -149,20 +154,26 @@ async def write_finished(
             await conn.execute(_DELETE_STALE, kept_ids, [len(v.chunks) for v in kept])
         )
         await _mark_done(conn, kept)
-    return WriteResult(len(kept), len(records), written, deleted, _lost(videos, kept))
+    lost = _lost(videos, kept, already)
+    return WriteResult(len(kept), len(records), written, deleted, lost, already)
 
 
 async def _still_held(
-    conn: asyncpg.Connection, videos: Sequence[FinishedVideo], owner: str | None
-) -> list[FinishedVideo]:
-    if owner is None:
-        return list(videos)
-    held = {r["id"] for r in await conn.fetch(_HELD, [v.video_id for v in videos], owner)}
-    return [v for v in videos if v.video_id in held]
+    conn: asyncpg.Connection, videos: Sequence[FinishedVideo]
+) -> tuple[list[FinishedVideo], tuple[str, ...]]:
+    """The videos to write (held by their claim, or written without one), and those already
+    written by their claim."""
+    claimed = [v for v in videos if v.lease is not None]
+    rows = await conn.fetch(_HELD, [v.video_id for v in claimed], [v.lease for v in claimed])
+    state = {row["id"]: row["status"] for row in rows}
+    kept = [v for v in videos if v.lease is None or state.get(v.video_id) == "processing"]
+    return kept, tuple(v.video_id for v in claimed if state.get(v.video_id) == "done")
 
 
-def _lost(videos: Sequence[FinishedVideo], kept: Sequence[FinishedVideo]) -> tuple[str, ...]:
-    written = {v.video_id for v in kept}
+def _lost(
+    videos: Sequence[FinishedVideo], kept: Sequence[FinishedVideo], already: Sequence[str]
+) -> tuple[str, ...]:
+    written = {v.video_id for v in kept} | set(already)
     return tuple(v.video_id for v in videos if v.video_id not in written)
 
 

@@ -139,22 +139,42 @@ async def record_discovered(conn: asyncpg.Connection, videos: Sequence[Discovere
     )
 
 
-# Both guarded by the lease check of every state change: the writer ($3) still holds the video
-# (owner None: a caller that writes without claiming, as tests and benchmarks do).
-_SKIPPED = """
-UPDATE videos SET status = 'skipped', error = $2, lease_owner = NULL, lease_expires_at = NULL,
-    attempts = greatest(attempts - 1, 0), updated_at = now()
-WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'processing'))
-"""
+def _fenced(update: str, status: str) -> str:
+    """`update` (of video $1) made only while claim $3 holds the video (a NULL claim: a caller
+    that writes without claiming, as tests and benchmarks do). True when it was made, now or
+    by an attempt whose reply was lost: the claim's token is still on the row, in `status`."""
+    return f"""
+        WITH written AS (
+            {update}
+            WHERE id = $1 AND ($3::bigint IS NULL OR (lease_token = $3 AND status = 'processing'))
+            RETURNING 1
+        )
+        SELECT EXISTS (SELECT 1 FROM written) OR EXISTS (
+            SELECT 1 FROM videos WHERE id = $1 AND lease_token = $3 AND status = '{status}')
+    """  # noqa: S608 - constant fragments; every value is a parameter
+
+
+_SKIPPED = _fenced(
+    "UPDATE videos SET status = 'skipped', error = $2, lease_owner = NULL,"
+    " lease_expires_at = NULL, attempts = greatest(attempts - 1, 0), updated_at = now()",
+    "skipped",
+)
 # A failure that may heal ($5: the schedule's first delay, NULL for one that never heals) is
 # due again after a delay that doubles with each attempt, up to $6, until the video has had $7.
-_FAILED = """
-UPDATE videos SET status = 'failed', error = $2, failure_class = $4,
+_FAILED = _fenced(
+    """UPDATE videos SET status = 'failed', error = $2, failure_class = $4,
     retry_at = CASE WHEN $5::float8 IS NOT NULL AND attempts < $7 THEN now() + make_interval(
         secs => least($5 * power(2, greatest(attempts - 1, 0)), $6)) END,
-    failed_identity = $8, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE id = $1 AND ($3::text IS NULL OR (lease_owner = $3 AND status = 'processing'))
-"""
+    failed_identity = $8, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
+    "failed",
+)
+# What a full extraction adds to a listing's record: a flat listing may lack dates and lengths.
+_METADATA = _fenced(
+    """UPDATE videos SET title = COALESCE(title, $2), channel = COALESCE(channel, $4),
+    extractor = COALESCE(extractor, $5), published_at = COALESCE(published_at, $6),
+    duration_s = COALESCE(duration_s, $7), updated_at = now()""",
+    "processing",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,45 +222,41 @@ class FailureRecord:
 
 
 async def mark_skipped(
-    conn: asyncpg.Connection, video_id: str, reason: str, owner: str | None = None
+    conn: asyncpg.Connection, video_id: str, reason: str, lease: int | None = None
 ) -> bool:
-    """False when `owner` no longer holds the video: nothing is written."""
-    status: str = await conn.execute(_SKIPPED, video_id, f"skipped: {reason}", owner)
-    return status != "UPDATE 0"
+    """False when the claim `lease` no longer holds the video: nothing is written."""
+    return bool(await conn.fetchval(_SKIPPED, video_id, f"skipped: {reason}", lease))
 
 
-async def update_metadata(conn: asyncpg.Connection, video: DiscoveredVideo) -> None:
+async def update_metadata(
+    conn: asyncpg.Connection, video: DiscoveredVideo, lease: int | None = None
+) -> bool:
     """What a full extraction adds to a listing's record: a flat listing may lack dates and
-    lengths. What the listing said is kept (a feed's item title beats a file's name)."""
-    await conn.execute(
-        "UPDATE videos SET title = COALESCE(title, $2), channel = COALESCE(channel, $3),"
-        " extractor = COALESCE(extractor, $4), published_at = COALESCE(published_at, $5),"
-        " duration_s = COALESCE(duration_s, $6), updated_at = now() WHERE id = $1",
-        video.id,
-        video.title,
-        video.channel,
-        video.extractor,
-        video.published_at,
-        video.duration_s,
-    )
+    lengths. What the listing said is kept (a feed's item title beats a file's name). False
+    when the claim `lease` no longer holds the video: nothing is written."""
+    written = await conn.fetchval(
+        _METADATA, video.id, video.title, lease, video.channel, video.extractor,
+        video.published_at, video.duration_s,
+    )  # fmt: skip
+    return bool(written)
 
 
 async def mark_failed(
     conn: asyncpg.Connection,
     video_id: str,
     failure: FailureRecord,
-    owner: str | None = None,
+    lease: int | None = None,
     schedule: RetrySchedule | None = None,
 ) -> bool:
-    """Records a failure, and when it is tried again if its class may heal; False when `owner`
-    no longer holds the video: nothing is written."""
+    """Records a failure, and when it is tried again if its class may heal; False when the
+    claim `lease` no longer holds the video: nothing is written."""
     schedule = schedule or RetrySchedule()
     first = schedule.first_s if failure.failure_class in HEALING else None
-    status: str = await conn.execute(
-        _FAILED, video_id, failure.error, owner, failure.failure_class, first,
+    written = await conn.fetchval(
+        _FAILED, video_id, failure.error, lease, failure.failure_class, first,
         schedule.max_s, schedule.tries, failure.identity,
     )  # fmt: skip
-    return status != "UPDATE 0"
+    return bool(written)
 
 
 async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:

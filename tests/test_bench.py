@@ -26,7 +26,7 @@ def test_the_benchmarks_run_and_report_every_figure(tmp_path: Path) -> None:
             assert figure["met"] in (True, False)
     assert len([f for f in figures if f["bench"] == "pipeline"]) == 3
     assert len([f for f in figures if f["bench"] == "sink"]) == 6
-    assert len([f for f in figures if f["bench"] == "claims"]) == 7
+    assert len([f for f in figures if f["bench"] == "claims"]) == 10
     end_to_end = [f for f in figures if f["bench"] == "gpu" and "hours" in f["name"]]
     assert [f["name"] for f in end_to_end] == [
         "audio hours per hour, MiniLM embeddings",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence, Set
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -16,11 +17,17 @@ from db.corpus import ensure_embedding_model
 from db.leases import ClaimRules
 from db.listings import record_listing
 from db.sink import write_finished
-from db.videos import DiscoveredVideo, record_discovered
+from db.videos import (
+    DiscoveredVideo,
+    FailureRecord,
+    mark_failed,
+    mark_skipped,
+    record_discovered,
+    update_metadata,
+)
 from ingest.infrastructure.retry import Database
-from ingest.orchestration.claims import Claims
+from ingest.orchestration.claims import Claims, audio_dir_of, remove_dead_audio
 from ingest.stages.ledger import Ledger
-from ingest.stages.messages import VideoJob
 from tests.test_sink import DIM, finished
 
 pytestmark = pytest.mark.anyio
@@ -30,6 +37,27 @@ async def listed(pool: asyncpg.Pool, source: str, ids: Sequence[str]) -> None:
     async with pool.acquire() as conn:
         await record_discovered(conn, [DiscoveredVideo(i, f"https://x.org/{i}") for i in ids])
         await record_listing(conn, source, ids)
+
+
+async def alive_claims(pool: asyncpg.Pool, owner: str, rules: ClaimRules | None = None) -> Claims:
+    """Claims of a process whose heartbeat is beating."""
+    claims = Claims(Database(pool), owner, rules or ClaimRules())
+    await claims.beat()
+    return claims
+
+
+async def stop_heartbeat(pool: asyncpg.Pool, owner: str) -> None:
+    """The process stops beating (it died, or stalled): its heartbeat is older than its lease."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE workers SET seen_at = now() - make_interval(secs => lease_s + 1)"
+            " WHERE owner = $1",
+            owner,
+        )
+
+
+async def fetch_status(conn: asyncpg.Connection, video_id: str) -> str:
+    return cast(str, await conn.fetchval("SELECT status FROM videos WHERE id = $1", video_id))
 
 
 async def claim_all(
@@ -45,28 +73,28 @@ async def claim_all(
 async def test_claims_follow_the_listings_and_take_a_shared_video_once(pool: asyncpg.Pool) -> None:
     await listed(pool, "s1", ["c", "a", "b"])
     await listed(pool, "s2", ["b", "d"])
-    claims = Claims(Database(pool), "host:1:first", ClaimRules())
+    claims = await alive_claims(pool, "host:1:first")
     assert (await claims.count(["s1", "s2"])).videos == 4
     assert await claim_all(claims, ["s1", "s2"]) == ["c", "a", "b", "d"]
-    assert await claim_all(Claims(Database(pool), "host:2:other", ClaimRules()), ["s1"]) == []
+    assert await claim_all(await alive_claims(pool, "host:2:other"), ["s1"]) == []
 
 
 async def test_limit_takes_the_first_in_listing_order(pool: asyncpg.Pool) -> None:
     await listed(pool, "s1", [f"v{i}" for i in range(10)])
-    claims = Claims(Database(pool), "host:1:first", ClaimRules())
+    claims = await alive_claims(pool, "host:1:first")
     assert await claim_all(claims, ["s1"], limit=3) == ["v0", "v1", "v2"]
 
 
 async def test_a_new_listing_replaces_the_old_order(pool: asyncpg.Pool) -> None:
     await listed(pool, "s1", ["a", "b", "c"])
     await listed(pool, "s1", ["c", "new", "a"])  # "b" was deleted from the channel
-    claims = Claims(Database(pool), "host:1:first", ClaimRules())
+    claims = await alive_claims(pool, "host:1:first")
     assert await claim_all(claims, ["s1"]) == ["c", "new", "a"]
 
 
 async def test_videos_handed_back_by_this_run_are_left_alone(pool: asyncpg.Pool) -> None:
     await listed(pool, "s1", ["a", "b", "c"])
-    claims = Claims(Database(pool), "host:1:first", ClaimRules())
+    claims = await alive_claims(pool, "host:1:first")
     assert await claim_all(claims, ["s1"], returned={"b"}) == ["a", "c"]
 
 
@@ -76,25 +104,24 @@ async def test_finished_videos_are_skipped_unless_the_rules_say_redo(pool: async
         await conn.execute("UPDATE videos SET status = 'done', done_at = now() WHERE id = 'b'")
         await conn.execute("UPDATE videos SET status = 'failed' WHERE id = 'c'")
         cutoff: datetime = await conn.fetchval("SELECT now()")
-    claims = Claims(Database(pool), "host:1:first", ClaimRules())
+    claims = await alive_claims(pool, "host:1:first")
     assert await claim_all(claims, ["s1"]) == ["a"]
     redo = ClaimRules(retry_failed_before=cutoff, reprocess_done_before=cutoff)
-    assert await claim_all(Claims(Database(pool), "host:2:x", redo), ["s1"]) == ["b", "c"]
+    assert await claim_all(await alive_claims(pool, "host:2:x", redo), ["s1"]) == ["b", "c"]
     assert cutoff.tzinfo is not None and cutoff <= datetime.now(UTC)
 
 
-async def test_a_lease_that_expires_behind_the_walk_is_taken_at_the_end(
+async def test_a_video_whose_owner_dies_behind_the_walk_is_taken_at_the_end(
     pool: asyncpg.Pool,
 ) -> None:
     await listed(pool, "s1", ["a", "b", "c"])
-    dead = Claims(Database(pool), "host:1:dead", ClaimRules())
+    dead = await alive_claims(pool, "host:1:dead")
     assert await claim_all(dead, ["s1"], limit=1) == ["a"]  # and then it dies
-    alive = Claims(Database(pool), "host:2:alive", ClaimRules())
+    alive = await alive_claims(pool, "host:2:alive")
     stop = asyncio.Event()
     walk = alive.jobs(["s1"], stop)
     assert (await anext(walk)).video_id == "b"  # "a" is leased: the walk passes it
-    async with pool.acquire() as conn:
-        await leases.expire(conn, ["host:1:dead"])
+    await stop_heartbeat(pool, "host:1:dead")
     assert [job.video_id async for job in walk] == ["c", "a"]
 
 
@@ -102,46 +129,152 @@ async def test_a_replica_whose_lease_was_taken_over_writes_nothing(pool: asyncpg
     await listed(pool, "s1", ["a", "b", "c", "d", "e"])
     async with pool.acquire() as conn:
         await ensure_embedding_model(conn, "emb", DIM)
-    old = Claims(Database(pool), "host:1:old", ClaimRules())
-    assert await claim_all(old, ["s1"]) == ["a", "b", "c", "d", "e"]
-    async with pool.acquire() as conn:
-        await leases.expire(conn, ["host:1:old"])  # it stalled past its lease...
-    new = Claims(Database(pool), "host:2:new", ClaimRules())
+    old = await alive_claims(pool, "host:1:old")
+    jobs = {job.video_id: job async for job in old.jobs(["s1"], asyncio.Event())}
+    assert list(jobs) == ["a", "b", "c", "d", "e"]
+    await stop_heartbeat(pool, "host:1:old")  # it stalled past its lease...
+    new = await alive_claims(pool, "host:2:new")
     assert await claim_all(new, ["s1"], limit=4) == ["a", "b", "c", "d"]  # ...and was taken over
 
-    ledger = Ledger(Database(pool), 5, owner="host:1:old")
-    await ledger.failed(VideoJob("a", "x"), "download", RuntimeError("boom"))
-    await ledger.skipped(VideoJob("b", "x"), "live stream")
-    await ledger.handed_back(VideoJob("c", "x"))
+    ledger = Ledger(Database(pool), 5)
+    await ledger.failed(jobs["a"], "download", RuntimeError("boom"))
+    await ledger.skipped(jobs["b"], "live stream")
+    await ledger.handed_back(jobs["c"])
     async with pool.acquire() as conn:
-        stale = await write_finished(conn, [finished("d", ["late"]), finished("e", ["mine"])],
-                                     "host:1:old")  # fmt: skip
-    assert (stale.videos, stale.lost) == (1, ("d",))  # "e" it still holds
+        late = [finished(v, ["late"], lease=jobs[v].lease) for v in "de"]
+        stale = await write_finished(conn, late)
+        assert not await update_metadata(conn, DiscoveredVideo("a", "x", "new"), jobs["a"].lease)
+    assert (stale.videos, stale.lost) == (0, ("d", "e"))  # "e" too: the heartbeat stopped
     assert ledger.counters.lost == 3 and ledger.counters.failed == ledger.counters.skipped == 0
 
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT id, status, lease_owner FROM videos ORDER BY id")
+        rows = await conn.fetch("SELECT id, status, lease_owner, title FROM videos ORDER BY id")
         assert [tuple(r) for r in rows] == [
-            *((v, "processing", "host:2:new") for v in "abcd"),
-            ("e", "done", None),
+            *((v, "processing", "host:2:new", None) for v in "abcd"),
+            ("e", "discovered", None, None),
         ]
         assert await conn.fetchval("SELECT count(*) FROM segments WHERE video_id = 'd'") == 0
-        fresh = await write_finished(conn, [finished("d", ["on time"])], "host:2:new")
-    assert (fresh.videos, fresh.lost) == (1, ())
 
 
-async def test_renewal_extends_only_the_videos_in_flight(pool: asyncpg.Pool) -> None:
-    await listed(pool, "s1", ["a", "b", "c"])
-    claims = Claims(Database(pool), "host:1:x", ClaimRules(ttl_s=60))
-    assert await claim_all(claims, ["s1"]) == ["a", "b", "c"]
+async def test_a_stale_claim_of_a_video_this_process_claimed_again_writes_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    """The ABA sequence: job 1 of A loses its lease, B takes the video and hands it back, A
+    claims it again as job 2. Job 1's late outcome is dropped, and its end leaves job 2 in
+    flight (renewed)."""
+    await listed(pool, "s", ["v"])
     async with pool.acquire() as conn:
-        await conn.execute("UPDATE videos SET lease_expires_at = now()")
-        assert await leases.renew(conn, "host:1:x", 60, ["b"]) == 1
-        assert await leases.renew(conn, "host:2:other", 60, ["a", "c"]) == 0
-        renewed = await conn.fetch(
-            "SELECT id FROM videos WHERE lease_expires_at > now() + interval '30 seconds'"
-        )
-    assert [r["id"] for r in renewed] == ["b"]
+        await ensure_embedding_model(conn, "emb", DIM)
+    a, b = await alive_claims(pool, "host:1:a"), await alive_claims(pool, "host:1:b")
+    ledger_a, ledger_b = Ledger(Database(pool), 1), Ledger(Database(pool), 1)
+    (first,) = [job async for job in a.jobs(["s"], asyncio.Event())]
+    ledger_a.took(first)
+    await stop_heartbeat(pool, "host:1:a")
+    (taken,) = [job async for job in b.jobs(["s"], asyncio.Event())]
+    ledger_b.took(taken)
+    await ledger_b.handed_back(taken, again=True)
+    await a.beat()
+    (second,) = [job async for job in a.jobs(["s"], asyncio.Event())]
+    ledger_a.took(second)
+    assert len({first.lease, taken.lease, second.lease}) == 3
+
+    await ledger_a.failed(first, "download", RuntimeError("late"))
+    assert ledger_a.counters.lost == 1 and ledger_a.in_flight == {second}
+    async with pool.acquire() as conn:
+        held = [(j.video_id, j.lease) for j in ledger_a.in_flight if j.lease is not None]
+        assert (await leases.renew(conn, a.owner, 60, held)).renewed == 1
+        assert await fetch_status(conn, "v") == "processing"
+        result = await write_finished(conn, [finished("v", ["on time"], lease=second.lease)])
+        assert result.videos == 1 and await fetch_status(conn, "v") == "done"
+
+
+async def test_a_write_retried_after_its_reply_was_lost_is_recognised_as_its_own(
+    pool: asyncpg.Pool,
+) -> None:
+    await listed(pool, "s", ["a", "b", "c", "d"])
+    async with pool.acquire() as conn:
+        await ensure_embedding_model(conn, "emb", DIM)
+    claims = await alive_claims(pool, "host:1:x")
+    jobs = {job.video_id: job async for job in claims.jobs(["s"], asyncio.Event())}
+    failure = FailureRecord("boom")
+    async with pool.acquire() as conn:
+        for _ in range(2):
+            assert await mark_failed(conn, "a", failure, jobs["a"].lease)
+            assert await mark_skipped(conn, "b", "live", jobs["b"].lease)
+            assert await leases.hand_back(conn, cast(int, jobs["c"].lease))
+        first = await write_finished(conn, [finished("d", ["x", "y"], lease=jobs["d"].lease)])
+        again = await write_finished(conn, [finished("d", ["x", "y"], lease=jobs["d"].lease)])
+        assert (first.videos, first.lost, first.already) == (1, (), ())
+        assert (again.videos, again.lost, again.already) == (0, (), ("d",))
+        assert await conn.fetchval("SELECT count(*) FROM segments WHERE video_id = 'd'") == 2
+
+
+async def test_renewal_extends_only_the_claims_in_flight_and_hands_back_orphans(
+    pool: asyncpg.Pool,
+) -> None:
+    await listed(pool, "s1", ["a", "b", "c"])
+    claims = await alive_claims(pool, "host:1:x", ClaimRules(ttl_s=60))
+    jobs = {job.video_id: job async for job in claims.jobs(["s1"], asyncio.Event())}
+    lease = {video: cast(int, job.lease) for video, job in jobs.items()}
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE videos SET lease_expires_at = now() - interval '1 second'")
+        stale = [("a", lease["a"] + 1000), ("c", lease["b"])]
+        assert (await leases.renew(conn, "host:2:other", 60, [("b", lease["b"])])).renewed == 1
+        renewal = await leases.renew(conn, "host:1:x", 60, [("b", lease["b"]), *stale])
+        rows = await conn.fetch("SELECT id, status FROM videos ORDER BY id")
+    # "a" and "c" are this owner's, expired, and held by no claim in flight: handed back.
+    assert (renewal.renewed, sorted(renewal.orphans)) == (1, ["a", "c"])
+    assert [tuple(r) for r in rows] == [("a", "discovered"), ("b", "processing"),
+                                        ("c", "discovered")]  # fmt: skip
+
+
+async def test_an_expired_video_outside_every_listing_is_handed_back(pool: asyncpg.Pool) -> None:
+    await listed(pool, "s1", ["a", "b"])
+    dead = await alive_claims(pool, "host:1:dead")
+    assert await claim_all(dead, ["s1"]) == ["a", "b"]
+    await listed(pool, "s1", ["b"])  # "a" left the channel while it was processed
+    await stop_heartbeat(pool, "host:1:dead")
+    alive = await alive_claims(pool, "host:2:alive")
+    assert await claim_all(alive, ["s1"]) == ["b"]
+    async with pool.acquire() as conn:
+        assert await fetch_status(conn, "a") == "discovered"
+
+
+async def test_two_processes_with_one_host_name_and_pid_judge_each_other_by_heartbeat(
+    pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Containers with a fixed host name, every process PID 1: only the heartbeat tells."""
+    await listed(pool, "s", ["a", "b"])
+    one, two = "box:1:aaaaaaaaaaaa", "box:1:bbbbbbbbbbbb"
+    first, second = await alive_claims(pool, one), await alive_claims(pool, two)
+    for owner in (one, two):
+        audio_dir_of(tmp_path, owner).mkdir()
+    (tmp_path / "not-ours").mkdir()
+    assert await claim_all(first, ["s"], limit=1) == ["a"]
+    assert await claim_all(second, ["s"]) == ["b"]  # "a" stays with the live first
+    assert remove_dead_audio(tmp_path, await second.live_owners()) == []
+    await stop_heartbeat(pool, one)
+    assert remove_dead_audio(tmp_path, await second.live_owners()) == [audio_dir_of(tmp_path, one)]
+    left = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert left == ["bbbbbbbbbbbb", "not-ours"]
+    assert await claim_all(second, ["s"]) == ["a"]
+
+
+async def test_concurrent_claimers_share_a_listing_without_overlap(pool: asyncpg.Pool) -> None:
+    ids = [f"v{i}" for i in range(200)]
+    await listed(pool, "s", ids)
+    claimers = [await alive_claims(pool, f"host:1:{n:012x}") for n in range(6)]
+
+    async def take(claims: Claims) -> list[str]:
+        taken = []
+        async for job in claims.jobs(["s"], asyncio.Event()):
+            taken.append(job.video_id)
+            await asyncio.sleep(0)  # let the others claim in between
+        return taken
+
+    shares = await asyncio.gather(*(take(claims) for claims in claimers))
+    assert sorted(v for share in shares for v in share) == sorted(ids)
+    assert sum(len(share) > 0 for share in shares) >= 2
 
 
 class SlowDatabase(Database):
@@ -156,11 +289,11 @@ async def test_a_walk_that_ends_while_a_hand_back_is_written_waits_for_it(
     pool: asyncpg.Pool,
 ) -> None:
     await listed(pool, "s1", ["a"])
-    claims = Claims(Database(pool), "host:1:first", ClaimRules())
-    assert await claim_all(claims, ["s1"]) == ["a"]
-    ledger = Ledger(SlowDatabase(pool), 1, owner=claims.owner)
-    ledger.took("a")
-    handing_back = asyncio.create_task(ledger.handed_back(VideoJob("a", "x"), again=True))
+    claims = await alive_claims(pool, "host:1:first")
+    (job,) = [job async for job in claims.jobs(["s1"], asyncio.Event())]
+    ledger = Ledger(SlowDatabase(pool), 1)
+    ledger.took(job)
+    handing_back = asyncio.create_task(ledger.handed_back(job, again=True))
     await asyncio.sleep(0.05)  # out of flight, its hand-back not yet written
     stop = asyncio.Event()
     # Without the wait the run would end here with the video still to do.

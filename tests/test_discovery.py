@@ -105,6 +105,46 @@ async def test_a_daemon_poll_lists_only_what_is_new_and_asks_the_feed_conditiona
     assert await claim_all(run.claims, [feed]) == [f"generic:{i}" for i in "edcba"]
 
 
+@dataclass
+class ListingFails:
+    """While armed, lets the feed's first request through (the conditional one) and fails the
+    listing's with a server error."""
+
+    armed: bool = False
+    seen: int = 0
+
+    def __call__(self, path: str) -> tuple[int, dict[str, str]] | None:
+        if path != "/feed.xml" or not self.armed:
+            return None
+        self.seen += 1
+        return None if self.seen == 1 else (404, {})
+
+
+async def test_a_listing_that_failed_leaves_the_last_validators_so_the_next_poll_lists(
+    pool: asyncpg.Pool, tmp_path: Path, site: Path
+) -> None:
+    fails = ListingFails()
+    run = session(pool, tmp_path)
+    with serve(site, gate=fails) as base:
+        feed = write_feed(site, base, items("a"))
+        await discover([feed], run, DAILY)
+        async with pool.acquire() as conn:
+            saved = await listings.poll_state(conn, feed)
+        assert saved.last_modified is not None
+
+        write_feed(site, base, items("b", "a"))
+        touch_later(site / "feed.xml")
+        fails.armed = True
+        _, failed = await discover([feed], run, DAILY)
+        assert len(failed) == 1 and fails.seen >= 2  # changed, then the listing failed
+        fails.armed = False
+        async with pool.acquire() as conn:
+            assert (await listings.poll_state(conn, feed)).last_modified == saved.last_modified
+
+        await discover([feed], run, DAILY)  # not "not modified": the new item is found
+        assert await stored(pool, feed) == ["b", "a"]
+
+
 async def test_a_full_listing_is_taken_when_the_last_is_older_than_the_interval(
     pool: asyncpg.Pool, tmp_path: Path, site: Path
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -319,15 +318,3 @@ def test_an_outage_longer_than_the_lease_ends_with_each_video_done_once(
     finally:
         stop_embedded(pgdata)
         shutil.rmtree(pgdata.parent, ignore_errors=True)
-
-
-def test_owner_of_a_dead_process_is_recognised() -> None:
-    from ingest.orchestration.claims import is_dead_here, new_owner
-
-    me = new_owner()
-    assert not is_dead_here(me)
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)  # fmt: skip
-    dead = me.replace(f":{os.getpid()}:", f":{child.stdout.strip()}:")
-    assert is_dead_here(dead)
-    assert not is_dead_here(dead.replace(dead.split(":")[0], "another-host", 1))

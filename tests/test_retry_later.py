@@ -17,7 +17,7 @@ from ingest.orchestration.claims import Claims
 from ingest.stages.ledger import Ledger, failure_class
 from ingest.stages.messages import VideoJob
 from ingest.stages.transcribe import StageError
-from tests.test_claims import claim_all, listed
+from tests.test_claims import alive_claims, claim_all, listed
 from workers.audio import TruncatedAudio
 
 pytestmark = pytest.mark.anyio
@@ -56,9 +56,9 @@ async def test_a_transient_failure_comes_back_later_and_later_until_its_tries_ru
     pool: asyncpg.Pool,
 ) -> None:
     await listed(pool, "s", ["v"])
-    claims = Claims(Database(pool), "host:1:a", ClaimRules())
+    claims = await alive_claims(pool, "host:1:a", ClaimRules())
     schedule = RetrySchedule(first_s=120, max_s=400, tries=4)
-    ledger = Ledger(Database(pool), 1, owner=claims.owner, schedule=schedule)
+    ledger = Ledger(Database(pool), 1, schedule=schedule)
     delays = []
     for attempt in range(1, 5):
         await fail_once(pool, claims, ledger, "v", SERVER_ERROR)
@@ -81,8 +81,8 @@ async def test_a_permanent_failure_never_comes_back_and_the_status_says_when_the
     pool: asyncpg.Pool,
 ) -> None:
     await listed(pool, "s", ["gone", "flaky"])
-    claims = Claims(Database(pool), "host:1:a", ClaimRules())
-    ledger = Ledger(Database(pool), 2, owner=claims.owner)
+    claims = await alive_claims(pool, "host:1:a", ClaimRules())
+    ledger = Ledger(Database(pool), 2)
     assert await claim_all(claims, ["s"], limit=1) == ["gone"]
     await ledger.failed(VideoJob("gone", "https://x.org/gone", None), "download", PRIVATE)
     await fail_once(pool, claims, ledger, "flaky", SERVER_ERROR)
@@ -101,14 +101,14 @@ async def test_an_age_gated_video_is_set_aside_until_the_cookies_change(
     pool: asyncpg.Pool,
 ) -> None:
     await listed(pool, "s", ["adult", "next"])
-    claims = Claims(Database(pool), "host:1:a", ClaimRules(identity="guest"))
-    ledger = Ledger(Database(pool), 2, owner=claims.owner, identity="guest")
+    claims = await alive_claims(pool, "host:1:a", ClaimRules(identity="guest"))
+    ledger = Ledger(Database(pool), 2, identity="guest")
     assert await claim_all(claims, ["s"], limit=1) == ["adult"]
     await ledger.failed(VideoJob("adult", "https://x.org/adult", None), "download", AGE)
     assert (await row(pool, "adult"))["failure_class"] == "needs_cookies"
     assert await claim_all(claims, ["s"]) == ["next"]  # the rest of the channel goes on
     assert await claim_all(claims, ["s"]) == []
-    with_cookies = Claims(Database(pool), "host:2:b", ClaimRules(identity="signed-in"))
+    with_cookies = await alive_claims(pool, "host:2:b", ClaimRules(identity="signed-in"))
     assert await claim_all(with_cookies, ["s"]) == ["adult"]
 
 
@@ -134,8 +134,8 @@ def test_failure_classes() -> None:
 
 async def test_outcome_counts_what_a_run_set_out_to_do(pool: asyncpg.Pool) -> None:
     await listed(pool, "s", ["a", "b", "c"])
-    claims = Claims(Database(pool), "host:1:a", ClaimRules())
-    ledger = Ledger(Database(pool), 3, owner=claims.owner)
+    claims = await alive_claims(pool, "host:1:a", ClaimRules())
+    ledger = Ledger(Database(pool), 3)
     async with pool.acquire() as conn:
         planned = await leases.planned_ids(conn, ["s"], claims.rules)
     assert sorted(planned) == ["a", "b", "c"]

@@ -26,12 +26,14 @@ def vector(seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def finished(video_id: str, texts: list[str], seed: int = 0) -> FinishedVideo:
+def finished(
+    video_id: str, texts: list[str], seed: int = 0, lease: int | None = None
+) -> FinishedVideo:
     chunks = [
         ChunkRow(i, i * 10.0, i * 10.0 + 9, None, text, vector(seed + i))
         for i, text in enumerate(texts)
     ]
-    return FinishedVideo(video_id, 100.0, "asr", "emb", chunks, {"asr": 1.5})
+    return FinishedVideo(video_id, 100.0, "asr", "emb", chunks, {"asr": 1.5}, lease=lease)
 
 
 @pytest.fixture

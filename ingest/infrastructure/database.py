@@ -12,6 +12,11 @@ from db.embedded import start_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from ingest.infrastructure.config import Settings
+from ingest.infrastructure.retry import RetryPolicy, is_connection_error, retry_transient
+
+# A connection lost while starting (a restart, a flaky network) is tried again for a few seconds;
+# a database that stays away is reported then.
+_STARTING = RetryPolicy(attempts=4, initial_s=0.5, max_s=2.0)
 
 
 class DatabaseUnavailable(Exception):
@@ -33,12 +38,25 @@ async def resolve_dsn(settings: Settings) -> str:
 async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     dsn = await resolve_dsn(settings)
     try:
-        pool = await create_pool(dsn, max_size=8)
+        pool = await retry_transient(
+            _STARTING, "database_connect", lambda: create_pool(dsn, max_size=8),
+            is_connection_error,
+        )  # fmt: skip
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     try:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
+        await _migrate(pool)
         yield pool
     finally:
         await pool.close()
+
+
+async def _migrate(pool: asyncpg.Pool) -> None:
+    """The schema brought up to date; a connection lost on the way (each migration is one
+    transaction, applied once) is worth a few more tries."""
+
+    async def migrate() -> None:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+
+    await retry_transient(_STARTING, "migrations", migrate, is_connection_error)

@@ -109,21 +109,25 @@ async def session(
         # Cutoffs ("failed before this run") are the database's time: clients' clocks drift.
         now: datetime = await db.run(lambda conn: conn.fetchval("SELECT now()"))
         claims = Claims(db, new_owner(), replace(rules(now), identity=identity(settings)))
-        await claims.take_over_dead()
+        await claims.beat()
+        await claims.tidy()
         publish = functools.partial(publish_pause, db, claims.owner)
         governor = Governor(throttle_options(settings), metrics, publish=publish)
         await db.run(sites.forget_needs_user)
         try:
-            yield Session(settings, db, claims, shutdown, governor), metrics
+            async with asyncio.TaskGroup() as tg:
+                heartbeat = tg.create_task(claims.beat_forever())
+                yield Session(settings, db, claims, shutdown, governor), metrics
+                heartbeat.cancel()
         finally:
             await db.run(lambda conn: sites.end_throttling(conn, claims.owner))
+            await claims.retire()
 
 
 def new_ledger(run: Session, total: int, metrics: Metrics, keep: int | None = None) -> Ledger:
     s = run.settings
     schedule = RetrySchedule(s.retry_later_seconds, s.retry_later_max_seconds, s.retry_later_tries)
-    owner, rules = run.claims.owner, run.claims.rules
-    return Ledger(run.db, total, metrics, owner, keep, schedule, rules.identity)
+    return Ledger(run.db, total, metrics, keep, schedule, run.claims.rules.identity)
 
 
 async def backfill(

@@ -1,14 +1,17 @@
 """This process's share of the work: leased videos, renewed while worked on, handed back at the
-end, and the leases of this machine's dead processes taken over at start."""
+end; a heartbeat that tells every replica this process is alive, and the leases and audio folders
+of processes whose heartbeat stopped handed back and removed."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import os
+import re
 import shutil
 import socket
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from urllib.request import url2pathname
 
 import structlog
 
-from db import leases
+from db import leases, workers
 from db.leases import ClaimRules
 from db.listings import FIRST_POSITION
 from ingest.infrastructure.retry import Database
@@ -27,43 +30,37 @@ log = structlog.get_logger()
 
 
 def new_owner() -> str:
-    """host:pid:token — unique per process; host and pid tell whether it still runs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """host:pid:token, unique per process by its random token; host and pid only help a person
+    reading `ingest status` (liveness is the heartbeat's, see db.workers)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_dead_here(owner: str) -> bool:
-    """An owner on this machine whose process is gone (a crash, kill -9)."""
-    parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        return False
-    host, pid, _ = parts
-    return host == socket.gethostname() and not _pid_alive(int(pid))
+def _token_of(owner: str) -> str:
+    return owner.rsplit(":", 1)[-1]
 
 
 def audio_dir_of(base: Path, owner: str) -> Path:
-    """Each process downloads into a folder of its own, named pid-token."""
-    _, pid, token = owner.rsplit(":", 2)
-    return base / f"{pid}-{token}"
+    """Each process downloads into a folder of its own, named by its owner's token."""
+    return base / _token_of(owner)
 
 
-def remove_dead_audio(base: Path) -> None:
-    """Partial or unprocessed downloads of this machine's dead processes."""
+# Folders named as above, or pid-token as earlier versions named them.
+_AUDIO_FOLDER = re.compile(r"(?:\d+-)?([0-9a-f]{8,32})")
+
+
+def remove_dead_audio(base: Path, live_owners: Collection[str]) -> list[Path]:
+    """Removes the partial or unprocessed downloads of processes whose heartbeat stopped, on a
+    disk that replicas of any machine may share; returns the folders removed."""
     if not base.is_dir():
-        return
+        return []
+    live = {_token_of(owner) for owner in live_owners}
+    removed = []
     for folder in base.iterdir():
-        pid = folder.name.split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        match = _AUDIO_FOLDER.fullmatch(folder.name)
+        if folder.is_dir() and match and match.group(1) not in live:
             shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @dataclass
@@ -94,23 +91,46 @@ def job_of(video: leases.Claimed) -> VideoJob:
     local = None
     if video.extractor == "file":
         local = Path(url2pathname(urlsplit(video.url).path))
-    return VideoJob(video.id, video.url, video.title, local_path=local)
+    return VideoJob(video.id, video.url, video.title, local_path=local, lease=video.token)
 
 
 class Claims:
     def __init__(self, db: Database, owner: str, rules: ClaimRules) -> None:
         self.db, self.owner, self.rules = db, owner, rules
+        self._tokens: deque[int] = deque()  # drawn for the claims to come
 
-    async def take_over_dead(self) -> int:
-        """Ends the leases of this machine's dead processes, so a restart resumes at once
-        instead of waiting for them to expire."""
-        owners = await self.db.run(leases.lease_owners)
-        dead = [o for o in owners if o != self.owner and is_dead_here(o)]
-        if not dead:
-            return 0
-        count = await self.db.run(lambda conn: leases.expire(conn, dead))
-        log.info("leases_taken_over", owners=dead, videos=count)
+    async def beat(self) -> None:
+        """This process is alive: its heartbeat row, now."""
+        host, pid, ttl = socket.gethostname(), os.getpid(), self.rules.ttl_s
+        await self.db.run(lambda conn: workers.beat(conn, self.owner, host, pid, ttl))
+
+    async def beat_forever(self) -> None:
+        """Every third of the lease: the heartbeat, and the videos of processes whose heartbeat
+        stopped handed back for anyone to take."""
+        while True:
+            await asyncio.sleep(self.rules.ttl_s / 3)
+            await self.beat()
+            await self.hand_back_dead()
+
+    async def retire(self) -> None:
+        await self.db.run(lambda conn: workers.retire(conn, self.owner))
+
+    async def live_owners(self) -> set[str]:
+        return await self.db.run(workers.live_owners)
+
+    async def hand_back_dead(self) -> int:
+        """Ends the leases of processes whose heartbeat stopped, so that their videos are taken
+        over now, wherever those processes ran."""
+        count = await self.db.run(lambda conn: leases.hand_back_dead(conn, self.owner))
+        if count:
+            log.info("leases_taken_over", videos=count)
         return count
+
+    async def tidy(self) -> None:
+        """Before a walk: dead processes' videos handed back, and the listing rows of videos
+        that became claimable by time (a retry fell due) or for this process marked ready."""
+        await self.hand_back_dead()
+        await self.db.run(lambda conn: leases.mark_ready(conn, self.rules.identity))
 
     async def count(self, sources: Sequence[str]) -> leases.Claimable:
         return await self.db.run(lambda conn: leases.count_claimable(conn, sources, self.rules))
@@ -131,25 +151,29 @@ class Claims:
         for the user): claiming their videos only to hand them back would make `returned` grow
         with the channel.
 
-        A cursor walks the listings, so each claim costs an index lookup whatever their length.
-        At the end the walk starts over once, for videos whose lease expired or that another
-        claim held meanwhile; a walk from the start that finds nothing ends it, unless `settle`
-        (which waits for the videos still in flight) says some came back to be claimed again:
-        they count against `limit` once."""
+        A cursor walks the listings' ready rows, so each claim costs an index probe whatever
+        their length and state. Before each walk, the videos of dead processes are handed back
+        and those that became claimable are marked (`tidy`). At the end the walk starts over
+        once, for videos that became claimable meanwhile; a walk from the start that finds
+        nothing ends it, unless `settle` (which waits for the videos still in flight) says some
+        came back to be claimed again: they count against `limit` once."""
         cursor = _Cursor(list(sources))
         claimed = 0
+        await self.tidy()
         while not stop.is_set():
             video = None
             if limit is None or claimed < limit:
                 video = await self._claim_at(cursor, returned, closed)
             if video is None:
                 if not cursor.fresh:
+                    await self.tidy()
                     cursor.restart()
                     continue
                 came_back = await settle() if settle is not None else 0
                 if not came_back:
                     return
                 claimed -= came_back
+                await self.tidy()
                 cursor.restart()
                 continue
             claimed += 1
@@ -162,33 +186,55 @@ class Claims:
             if closed(source):
                 cursor.next_source()
                 continue
-            claim = functools.partial(
-                leases.claim_next,
-                owner=self.owner,
-                source=source,
-                start=cursor.position,
-                rules=self.rules,
-                excluded=list(returned),
-            )
-            video = await self.db.run(claim)
+            video = await self._claim(source, cursor.position, returned)
             if video is not None:
                 cursor.found(video.position)
                 return video
             cursor.next_source()
         return None
 
-    async def renew_forever(self, in_flight: Collection[str]) -> None:
-        """Every third of the lease, extends the leases of the videos `in_flight` (a live view
-        of what this process works on), and no other."""
+    async def _claim(
+        self, source: str, start: int, returned: Collection[str]
+    ) -> leases.Claimed | None:
+        """One claim; retried after a lost reply, it finds the video its token took. A token
+        is kept until a claim takes a video with it, and dropped when the claim failed or its
+        video was handed back meanwhile (it is on that video's row)."""
+        while True:
+            if not self._tokens:
+                self._tokens.extend(await self.db.run(lambda c: leases.draw_tokens(c, 16)))
+            claim = functools.partial(
+                leases.claim_next, owner=self.owner, source=source, start=start,
+                rules=self.rules, token=self._tokens[0], excluded=list(returned),
+            )  # fmt: skip
+            try:
+                video = await self.db.run(claim)
+            except leases.TokenSpent as exc:
+                log.warning("claim_lost", error=str(exc))
+                self._tokens.popleft()
+                continue
+            except BaseException:
+                self._tokens.popleft()
+                raise
+            if video is not None:
+                self._tokens.popleft()
+            return video
+
+    async def renew_forever(self, in_flight: Collection[VideoJob]) -> None:
+        """Every third of the lease, extends the leases of the claims `in_flight` (a live view
+        of what this process works on), and no other; this process's expired leases that no
+        claim in flight holds are handed back."""
         while True:
             await asyncio.sleep(self.rules.ttl_s / 3)
+            held = [(job.video_id, job.lease) for job in in_flight if job.lease is not None]
             renew = functools.partial(
-                leases.renew, owner=self.owner, ttl_s=self.rules.ttl_s, in_flight=list(in_flight)
+                leases.renew, owner=self.owner, ttl_s=self.rules.ttl_s, held=held
             )
-            await self.db.run(renew)
+            renewal = await self.db.run(renew)
+            if renewal.orphans:
+                log.warning("orphans_handed_back", videos=list(renewal.orphans))
 
     async def hand_back_all(self) -> int:
-        count = await self.db.run(lambda conn: leases.hand_back(conn, self.owner))
+        count = await self.db.run(lambda conn: leases.hand_back_all(conn, self.owner))
         if count:
             log.info("videos_handed_back", videos=count)
         return count

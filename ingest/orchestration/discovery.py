@@ -89,14 +89,18 @@ async def _list_as_planned(source: str, run: Session, plan: ListingPlan) -> int:
     state = await run.db.run(lambda conn: listings.poll_state(conn, key))
     if plan.full_every_s is not None:
         stale = state.full_age_s is None or state.full_age_s >= plan.full_every_s
+        answer = await _changed(source, state, run)
         if not state.listed or stale:
-            await _changed(source, key, state, run)  # the validators, for the next poll
-            return await _full(source, key, run)
+            count = await _full(source, key, run)
         # A stream skipped as live is looked at again even if the feed did not change.
-        if not await _changed(source, key, state, run) and not state.skipped:
+        elif not answer.changed and not state.skipped:
             log.debug("source_unchanged", source=source)
             return 0
-        return await _newest(source, key, run)
+        else:
+            count = await _newest(source, key, run)
+        # Only now: a listing that failed must be tried again, not answered "not modified".
+        await _remember(run, key, answer)
+        return count
     assert plan.want is not None
     if state.listed:
         added = await _newest(source, key, run)
@@ -169,12 +173,22 @@ async def _list(source: str, run: Session, first: int | None) -> list[ListedVide
     return await governed(run.governor, site_of(source), listing)
 
 
-async def _changed(source: str, key: str, state: listings.PollState, run: Session) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A feed's answer to a conditional request, and its validators for the next one."""
+
+    changed: bool
+    etag: str | None = None
+    last_modified: str | None = None
+    fresh: bool = False  # the validators came with this answer
+
+
+async def _changed(source: str, state: listings.PollState, run: Session) -> _Answer:
     """Whether a feed may have changed since the last poll, by a conditional request (ETag,
     Last-Modified). YouTube answers none, and any doubt (no validators, an error) means yes:
     the listing that follows says what really happened."""
     if site_of(source) == "youtube.com" or urlsplit(source).scheme not in ("http", "https"):
-        return True
+        return _Answer(changed=True)
     timeout = run.settings.download_socket_timeout
 
     def ask() -> tuple[bool, str | None, str | None]:
@@ -186,10 +200,15 @@ async def _changed(source: str, key: str, state: listings.PollState, run: Sessio
         )
     except (OSError, ValueError) as exc:
         log.debug("conditional_request_failed", source=source, error=str(exc))
-        return True
-    if changed:
+        return _Answer(changed=True)
+    return _Answer(changed, etag, modified, fresh=changed)
+
+
+async def _remember(run: Session, key: str, answer: _Answer) -> None:
+    """The validators of a changed feed whose listing was recorded, for the next poll."""
+    if answer.fresh:
+        etag, modified = answer.etag, answer.last_modified
         await run.db.run(lambda conn: listings.save_validators(conn, key, etag, modified))
-    return changed
 
 
 def _conditional_get(

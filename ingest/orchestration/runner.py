@@ -32,7 +32,7 @@ async def _tracked(
     """Claimed videos are in flight (their leases renewed) until the ledger records an end. A
     video of a paused site waits here until the site reopens: one lease held, no request."""
     async for job in feed:
-        ledger.took(job.video_id)
+        ledger.took(job)
         await governor.reopened(site_of(job.url))
         yield job
 
@@ -73,7 +73,7 @@ async def run_jobs(
     )
     embedder = models.embedder
     await db.run(lambda conn: ensure_embedding_model(conn, embedder.name, embedder.dimension))
-    remove_dead_audio(settings.audio_dir)
+    remove_dead_audio(settings.audio_dir, await claims.live_owners())
     options = PipelineOptions.from_settings(settings)
     audio_dir = audio_dir_of(settings.audio_dir, claims.owner)
     options = replace(options, download=replace(options.download, audio_dir=audio_dir))

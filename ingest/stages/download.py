@@ -402,7 +402,12 @@ async def _fetch(
     log.debug("downloaded", path=str(fetched.path), captions=fetched.captions is not None)
     ledger.metrics.latency.labels("download").observe(elapsed)
     ledger.metrics.items.labels("download", "ok").inc()
-    await ledger.db.run(lambda conn: update_metadata(conn, fetched.metadata))
+    if not await ledger.db.run(lambda conn: update_metadata(conn, fetched.metadata, job.lease)):
+        # Another replica took the video over meanwhile: its work, not ours.
+        ledger.lost(job, "metadata")
+        if fetched.path is not None:
+            fetched.path.unlink(missing_ok=True)
+        return None
     return AudioFile(
         job, fetched.path, True, elapsed, fetched.captions, fetched.metadata.duration_s
     )

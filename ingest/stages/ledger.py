@@ -47,25 +47,26 @@ class RunCounters:
 
 
 class Ledger:
-    """Every outcome is written only while this process still holds the video's lease (`owner`;
-    None for callers that write without claiming): a result for a video another replica has
-    taken over is dropped, logged (`lease_lost`) and counted."""
+    """Every outcome is written only while the job's claim still holds the video (its `lease`;
+    None for jobs processed without claiming): a result for a video another replica has taken
+    over, or that a newer claim of this process holds, is dropped, logged (`lease_lost`) and
+    counted."""
 
     def __init__(
         self,
         db: Database,
         total: int,
         metrics: Metrics | None = None,
-        owner: str | None = None,
         keep_failures: int | None = None,
         schedule: videos.RetrySchedule | None = None,
         identity: str | None = None,
     ) -> None:
         self.db = db
-        self.owner = owner
         self.schedule = schedule or videos.RetrySchedule()
         self.identity = identity  # the cookies and proxy in use: recorded with set-aside videos
-        self.in_flight: set[str] = set()  # claimed and not yet finished: the leases to renew
+        # Claimed and not yet finished: the leases to renew. Jobs, not video ids: a stale claim
+        # of a video ending must not end a newer claim of the same video.
+        self.in_flight: set[VideoJob] = set()
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
         # (video id, error), in order of failure; a daemon keeps the latest only: it runs for
@@ -96,14 +97,19 @@ class Ledger:
         self.metrics.leases_lost.labels(outcome).inc()
         self.counters.lost += 1
 
+    def lost(self, job: VideoJob, outcome: str) -> None:
+        """The job's claim no longer holds its video: what it did is dropped."""
+        self.ended(job)
+        self.lease_lost(job.video_id, outcome)
+
     async def failed(self, job: VideoJob, stage: str, exc: BaseException) -> None:
         error = f"{stage}: {describe_error(exc)}"
-        self.ended(job.video_id)
+        self.ended(job)
         record = videos.FailureRecord(error, failure_class(stage, exc, job), self.identity)
-        owner, schedule = self.owner, self.schedule
+        schedule = self.schedule
         async with self._writing():
             if not await self.db.run(
-                lambda c: videos.mark_failed(c, job.video_id, record, owner, schedule)
+                lambda c: videos.mark_failed(c, job.video_id, record, job.lease, schedule)
             ):
                 self.lease_lost(job.video_id, "failed")
                 return
@@ -117,9 +123,8 @@ class Ledger:
         self.failures.append((job.video_id, error))
 
     async def skipped(self, job: VideoJob, reason: str) -> None:
-        self.ended(job.video_id)
-        owner = self.owner
-        if not await self.db.run(lambda c: videos.mark_skipped(c, job.video_id, reason, owner)):
+        self.ended(job)
+        if not await self.db.run(lambda c: videos.mark_skipped(c, job.video_id, reason, job.lease)):
             self.lease_lost(job.video_id, "skipped")
             return
         log.info("video_skipped", video_id=job.video_id, reason=reason)
@@ -129,11 +134,11 @@ class Ledger:
         """The run is stopping before this video could be done, or its site waits for the
         user: someone else may take it. `again`: its site paused, and this run claims it again
         when the site reopens (or another replica does first)."""
-        self.ended(job.video_id)
+        self.ended(job)
         if not again:
             self.returned.add(job.video_id)
         async with self._writing():
-            if self.owner is not None and not await self._hand_back(self.owner, job.video_id):
+            if job.lease is not None and not await self._hand_back(job.lease):
                 self.lease_lost(job.video_id, "handed_back")
                 return
             log.info("video_handed_back", video_id=job.video_id, again=again)
@@ -155,19 +160,19 @@ class Ledger:
             self._unwritten -= 1
             self._landed.set()
 
-    async def _hand_back(self, owner: str, video_id: str) -> bool:
-        return bool(await self.db.run(lambda c: leases.hand_back(c, owner, video_id)))
+    async def _hand_back(self, lease: int) -> bool:
+        return await self.db.run(lambda c: leases.hand_back(c, lease))
 
-    def took(self, video_id: str) -> None:
-        """`video_id` is claimed: in flight (its lease renewed) until it ends."""
-        self.in_flight.add(video_id)
+    def took(self, job: VideoJob) -> None:
+        """`job` is claimed: in flight (its lease renewed) until it ends."""
+        self.in_flight.add(job)
         self.claims += 1
         if self._remember_claims:
-            self.claimed.add(video_id)
+            self.claimed.add(job.video_id)
 
-    def ended(self, video_id: str) -> None:
-        """`video_id` is no longer in flight: done, failed, skipped, handed back or lost."""
-        self.in_flight.discard(video_id)
+    def ended(self, job: VideoJob) -> None:
+        """`job` is no longer in flight: done, failed, skipped, handed back or lost."""
+        self.in_flight.discard(job)
         self._landed.set()
 
     async def settle(self, stop: asyncio.Event) -> int:
@@ -186,7 +191,7 @@ class Ledger:
 
     def done(self, finished: Sequence[TranscribedVideo]) -> None:
         for video in finished:
-            self.ended(video.job.video_id)
+            self.ended(video.job)
             log.info(
                 "video_done",
                 video_id=video.job.video_id,

@@ -14,12 +14,14 @@ from workers.speakers import Decision
 
 @dataclass(frozen=True, slots=True)
 class VideoJob:
-    """A video selected for processing: where its audio comes from."""
+    """A video selected for processing: where its audio comes from, and the claim's fencing
+    token that every write of its outcome carries (None: processed without a claim)."""
 
     video_id: str
     url: str
     title: str | None = None
     local_path: Path | None = None
+    lease: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ async def _write(batch: EmbeddedBatch, db: Database, embedding_model: str, ledge
     started = time.perf_counter()
     try:
         with metrics.in_flight.labels("store").track_inprogress():
-            result = await db.run(lambda conn: write_finished(conn, finished, ledger.owner))
+            result = await db.run(lambda conn: write_finished(conn, finished))
     except asyncpg.DataError:
         # Some video's content was refused: write them one by one so only that one fails.
         for video in batch:
@@ -54,9 +54,9 @@ async def _write(batch: EmbeddedBatch, db: Database, embedding_model: str, ledge
 
 def _record(batch: Sequence[EmbeddedVideo], result: WriteResult, ledger: Ledger) -> None:
     lost = set(result.lost)
-    for video_id in lost:
-        ledger.ended(video_id)
-        ledger.lease_lost(video_id, "done")
+    for video in batch:
+        if video.video.job.video_id in lost:
+            ledger.lost(video.video.job, "done")
     ledger.done([video.video for video in batch if video.video.job.video_id not in lost])
 
 
@@ -65,7 +65,7 @@ async def _write_alone(
 ) -> None:
     finished = [_finished(video, embedding_model)]
     try:
-        result = await db.run(lambda conn: write_finished(conn, finished, ledger.owner))
+        result = await db.run(lambda conn: write_finished(conn, finished))
     except asyncpg.DataError as exc:
         await ledger.failed(video.video.job, "store", exc)
         return
@@ -97,6 +97,7 @@ def _finished(video: EmbeddedVideo, embedding_model: str) -> FinishedVideo:
         ],
         timings=dict(transcript.timings),
         transcript_source=transcript.transcript_source,
+        lease=transcript.job.lease,
         speakers=SpeakerPath(
             path=decision.path,
             similarity=decision.similarity,
