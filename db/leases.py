@@ -348,7 +348,7 @@ async def outcome(conn: asyncpg.Connection, ids: Sequence[str], owner: str) -> O
 
 _PLANNED = f"""
     SELECT v.id {_CLAIMABLE_OF_SOURCES}
-    UNION SELECT v.id FROM videos v WHERE {FAILED_WAITING}
+    UNION SELECT v.id FROM videos v WHERE ({FAILED_WAITING} OR v.status = 'processing')
       AND v.id IN (SELECT video_id FROM listings WHERE source = ANY($1::text[]))
 """  # noqa: S608 - constant fragments; every value is a parameter
 
@@ -356,8 +356,9 @@ _PLANNED = f"""
 async def planned_ids(
     conn: asyncpg.Connection, sources: Sequence[str], rules: ClaimRules
 ) -> list[str]:
-    """The videos a run sets out to do: those of the sources' listings it may claim now, and
-    those waiting for a scheduled retry."""
+    """The videos a run sets out to see done: those of the sources' listings it may claim now,
+    those waiting for a scheduled retry, and those under way (in another replica, or in one
+    that died and is taken over once its heartbeat is known to have stopped)."""
     rows = await conn.fetch(
         _PLANNED,
         list(sources),

@@ -18,7 +18,7 @@ FIRST_POSITION = -(2**31)
 
 # Rows of `source` from position $2 on, with whether each video may be claimed now. Under the
 # source's lock, a change of a video's state waits (see migration 012), so `ready` cannot miss one.
-_INSERT = """
+INSERT_ROWS = """
 INSERT INTO listings (source, position, video_id, ready)
 SELECT $1, $2 + t.n - 1, t.id, video_ready(v.status, v.retry_at)
 FROM unnest($3::text[]) WITH ORDINALITY AS t(id, n) JOIN videos v ON v.id = t.id
@@ -36,7 +36,7 @@ async def record_listing(
         # otherwise both find nothing to delete and collide on its positions.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", source)
         await conn.execute("DELETE FROM listings WHERE source = $1", source)
-        await conn.execute(_INSERT, source, 0, list(ids))
+        await conn.execute(INSERT_ROWS, source, 0, list(ids))
         if full:
             await conn.execute(
                 "INSERT INTO source_polls (source, full_listed_at) VALUES ($1, now())"
@@ -69,7 +69,7 @@ async def prepend(conn: asyncpg.Connection, source: str, ids: Sequence[str]) -> 
         start = top - len(new)
         if start < FIRST_POSITION:
             raise ValueError(f"listing of {source} full: list it in full to renumber it")
-        await conn.execute(_INSERT, source, start, new)
+        await conn.execute(INSERT_ROWS, source, start, new)
         return len(new)
 
 

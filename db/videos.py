@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from db.sites import SitePause, current_pauses
+from db.workers import Replica, replicas
 
 STATUSES = ("discovered", "processing", "done", "failed", "skipped")
 
@@ -60,6 +61,7 @@ class StatusSummary:
     paused_sites: list[SitePause] = field(default_factory=list)
     transcripts: dict[str, int] = field(default_factory=dict)  # done videos by transcript kind
     failed: FailedSummary = field(default_factory=FailedSummary)
+    replicas: list[Replica] = field(default_factory=list)  # processes by their heartbeats
 
     @property
     def eta_s(self) -> float | None:
@@ -293,4 +295,5 @@ async def status_summary(conn: asyncpg.Connection, *, errors: int = 10) -> Statu
         paused_sites=await current_pauses(conn),
         transcripts={row["kind"]: row["n"] for row in await conn.fetch(_TRANSCRIPTS)},
         failed=FailedSummary(**dict(failed)),
+        replicas=await replicas(conn),
     )

@@ -41,12 +41,17 @@ CREATE INDEX listings_ready_idx ON listings (source, position) WHERE ready;
 -- Every change of a video's state updates its listing rows. The shared lock on each source waits
 -- for a listing of that source being rewritten (which holds the lock exclusively), so that the
 -- rewritten rows are computed from the video's state after this change, never before it.
+-- Only the rows of the sources locked are updated: a row another listing adds meanwhile was
+-- computed by that listing, and holding it without its source's lock could deadlock.
 CREATE FUNCTION videos_ready_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    sources text[];
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(hashtext(l.source))
-        FROM listings l WHERE l.video_id = NEW.id;
+    SELECT array_agg(DISTINCT source) INTO sources FROM listings WHERE video_id = NEW.id;
+    PERFORM pg_advisory_xact_lock_shared(hashtext(s)) FROM unnest(sources) AS s;
     UPDATE listings SET ready = video_ready(NEW.status, NEW.retry_at)
-        WHERE video_id = NEW.id AND ready IS DISTINCT FROM video_ready(NEW.status, NEW.retry_at);
+        WHERE video_id = NEW.id AND source = ANY(sources)
+          AND ready IS DISTINCT FROM video_ready(NEW.status, NEW.retry_at);
     RETURN NULL;
 END
 $$;

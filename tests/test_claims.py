@@ -4,6 +4,8 @@ handed back, leases that expired behind the walk), and leases that cannot be sto
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Sequence, Set
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from db import leases
 from db.corpus import ensure_embedding_model
 from db.leases import ClaimRules
-from db.listings import record_listing
+from db.listings import INSERT_ROWS, record_listing
 from db.sink import write_finished
 from db.videos import (
     DiscoveredVideo,
@@ -23,10 +25,11 @@ from db.videos import (
     mark_failed,
     mark_skipped,
     record_discovered,
+    status_summary,
     update_metadata,
 )
 from ingest.infrastructure.retry import Database
-from ingest.orchestration.claims import Claims, audio_dir_of, remove_dead_audio
+from ingest.orchestration.claims import Claims, RunningLock, audio_dir_of, remove_dead_audio
 from ingest.stages.ledger import Ledger
 from tests.test_sink import DIM, finished
 
@@ -300,3 +303,67 @@ async def test_a_walk_that_ends_while_a_hand_back_is_written_waits_for_it(
     assert await asyncio.wait_for(ledger.settle(stop), 5) == 1
     await handing_back
     assert await claim_all(claims, ["s1"]) == ["a"]
+
+
+async def test_status_shows_each_replica_by_its_heartbeat(pool: asyncpg.Pool) -> None:
+    await listed(pool, "s", ["a", "b"])
+    live, dead = await alive_claims(pool, "box:1:live"), await alive_claims(pool, "box:1:dead")
+    assert await claim_all(live, ["s"], limit=2) == ["a", "b"]
+    await stop_heartbeat(pool, "box:1:dead")
+    async with pool.acquire() as conn:
+        replicas = (await status_summary(conn)).replicas
+    shown = {r.owner: (r.alive, r.videos, r.seen_s > dead.rules.ttl_s) for r in replicas}
+    assert shown == {"box:1:live": (True, 2, False), "box:1:dead": (False, 0, True)}
+
+
+async def test_a_video_handed_back_while_its_listing_is_rewritten_stays_claimable(
+    pool: asyncpg.Pool,
+) -> None:
+    """The listing's rows are computed under the source's lock, which a change of the video's
+    state waits for: the rewritten row cannot miss the hand-back."""
+    await listed(pool, "s", ["a"])
+    claims = await alive_claims(pool, "host:1:x")
+    (job,) = [job async for job in claims.jobs(["s"], asyncio.Event())]
+    async with pool.acquire() as lister, pool.acquire() as other:
+        async with lister.transaction():
+            await lister.execute("SELECT pg_advisory_xact_lock(hashtext('s'))")
+            back = asyncio.create_task(leases.hand_back(other, cast(int, job.lease)))
+            for _ in range(300):
+                waiting = await lister.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND wait_event = 'advisory' AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting == 1  # the hand-back waits for the listing
+            await lister.execute("DELETE FROM listings WHERE source = 's'")
+            await lister.execute(INSERT_ROWS, "s", 0, ["a"])  # "a" still processing here
+        assert await back
+    assert await claim_all(claims, ["s"]) == ["a"]
+
+
+def test_a_process_killed_beside_another_is_known_dead_at_once(tmp_path: Path) -> None:
+    """By the lock its file held, which the kernel drops however the process dies."""
+    folder = tmp_path / "running"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_HOLDS_A_LOCK, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    me = RunningLock(folder, "box:1:aaaaaaaaaaaa")
+    assert me.dead_beside() == []  # the child runs
+    child.kill()
+    child.communicate()
+    assert me.dead_beside() == ["cccccccccccc"]
+    assert [p.name for p in folder.iterdir()] == ["aaaaaaaaaaaa.lock"]
+    me.release()
+
+
+CHILD_HOLDS_A_LOCK = """
+import sys, time
+from pathlib import Path
+from ingest.orchestration.claims import RunningLock
+lock = RunningLock(Path(sys.argv[1]), "box:1:cccccccccccc")
+print("held", flush=True)
+time.sleep(600)
+"""

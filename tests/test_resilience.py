@@ -100,6 +100,35 @@ def test_kill_9_then_restart_ends_as_a_clean_run(
         restart_ends_as_a_clean_run(ingest_env, feed, database_url, pg_uri)
 
 
+def test_a_replica_killed_on_another_machine_is_waited_for_then_taken_over(
+    site: tuple[Path, list[Item]],
+    ingest_env: dict[str, str],
+    database_url: str,
+    pg_uri: str,
+    tmp_path: Path,
+) -> None:
+    """No shared data folder tells this backfill the other replica died: its videos are under
+    way elsewhere until its heartbeat is older than its lease, and are then taken over; the
+    backfill waits for them rather than exit 0 with them undone."""
+    folder, items = site
+    port = free_port()
+    env = {**ingest_env, "INGEST_LEASE_SECONDS": "20"}  # longer than loading the models
+    with serve(folder, bytes_per_second=600_000) as base:
+        feed = write_feed(folder, base, items)
+        process = start({**env, "INGEST_METRICS_ADDR": f"127.0.0.1:{port}"}, "backfill", feed)
+        wait_for(port, process, in_flight("transcribe"))
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        other = {**env, "INGEST_DATA_DIR": str(tmp_path / "another-machine")}
+        restart = run(other, "backfill", feed)
+    assert restart.returncode == 0, restart.stderr
+    assert "waiting_for_other_replicas" in restart.stderr
+    assert "leases_taken_over" in restart.stderr
+    videos, chunks = asyncio.run(snapshot(database_url))
+    assert {v[1] for v in videos} == {"done"}
+    assert len(chunks) == sum(int(str(v[3])) for v in videos)
+
+
 def restart_ends_as_a_clean_run(
     env: dict[str, str], feed: str, database_url: str, pg_uri: str
 ) -> None:

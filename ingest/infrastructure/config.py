@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         return self.data_dir / "audio"
 
     @property
+    def running_dir(self) -> Path:
+        """One locked file per running process (ingest.orchestration.claims.RunningLock)."""
+        return self.data_dir / "running"
+
+    @property
     def pgdata_dir(self) -> Path:
         return self.data_dir / "pgdata"
 

@@ -70,10 +70,16 @@ async def retry_transient(
     raise AssertionError("unreachable: tenacity reraises the last error")
 
 
+def is_worth_retrying(exc: BaseException) -> bool:
+    """A lost connection, or a transaction the server aborted to break a deadlock."""
+    return is_connection_error(exc) or isinstance(exc, asyncpg.DeadlockDetectedError)
+
+
 class Database:
     """Runs an operation on a pooled connection; while the database is away (restart, lost
-    connection) it waits with backoff, up to `outage_s`, and runs the whole operation again.
-    Operations are single statements or transactions, so a retried one never half-applies."""
+    connection) it waits with backoff, up to `outage_s`, and runs the whole operation again, as
+    it does one the server aborted to break a deadlock. Operations are single statements or
+    transactions, so a retried one never half-applies."""
 
     def __init__(self, pool: asyncpg.Pool, outage_s: float = 600.0) -> None:
         self.pool = pool
@@ -81,7 +87,7 @@ class Database:
 
     async def run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_connection_error),
+            retry=retry_if_exception(is_worth_retrying),
             stop=stop_after_delay(self.outage_s),
             wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.5),
             before_sleep=_log_retry("database"),

@@ -23,7 +23,7 @@ from ingest.infrastructure.metrics import Metrics
 from ingest.infrastructure.observe import observed
 from ingest.infrastructure.retry import Database
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.orchestration.claims import Claims, new_owner
+from ingest.orchestration.claims import Claims, RunningLock, new_owner
 from ingest.orchestration.discovery import ListingPlan, SourceFailure, discover
 from ingest.orchestration.runner import Display, Session, run_jobs
 from ingest.orchestration.search import search_upkeep
@@ -109,7 +109,9 @@ async def session(
         # Cutoffs ("failed before this run") are the database's time: clients' clocks drift.
         now: datetime = await db.run(lambda conn: conn.fetchval("SELECT now()"))
         claims = Claims(db, new_owner(), replace(rules(now), identity=identity(settings)))
+        running = await asyncio.to_thread(RunningLock, settings.running_dir, claims.owner)
         await claims.beat()
+        await claims.bury(await asyncio.to_thread(running.dead_beside))
         await claims.tidy()
         publish = functools.partial(publish_pause, db, claims.owner)
         governor = Governor(throttle_options(settings), metrics, publish=publish)
@@ -122,6 +124,7 @@ async def session(
         finally:
             await db.run(lambda conn: sites.end_throttling(conn, claims.owner))
             await claims.retire()
+            running.release()
 
 
 def new_ledger(run: Session, total: int, metrics: Metrics, keep: int | None = None) -> Ledger:
@@ -160,8 +163,8 @@ async def backfill(
         ledger = new_ledger(run, total, metrics)
         ledger.counters.planned_audio_s = todo.audio_of(total)
         announce(todo, total)
-        retries = RetryWait(run, ledger, listed)
-        if todo.videos or (limit is None and await retries.soon()):
+        retries = RetryWait(run, ledger, listed, planned if limit is None else None)
+        if todo.videos or (limit is None and (await retries.soon() or await retries.busy())):
             await _run(run, ledger, retries, limit, display, gave_up)
         if not shutdown.requested.is_set():
             await run.db.run(search_upkeep(settings))
@@ -194,14 +197,16 @@ async def _run(
 @dataclass
 class RetryWait:
     """After the walk found nothing and nothing is in flight: how many videos may be claimed
-    again, after waiting for the next scheduled retry when it is due within
-    INGEST_BACKFILL_RETRY_WAIT; 0 ends the run. Only retries of sources that may be claimed
-    from count, and a wake-up after which nothing could be claimed ends the waiting, so that a
-    retry the walk cannot take never spins the run."""
+    again, after waiting for the videos of the plan under way in other replicas to end, and
+    for the next scheduled retry when it is due within INGEST_BACKFILL_RETRY_WAIT; 0 ends the
+    run. Only retries of sources that may be claimed from count, and a wake-up after which
+    nothing could be claimed ends the waiting, so that a video the walk cannot take never spins
+    the run."""
 
     run: Session
     ledger: Ledger
     listed: Sequence[str]
+    planned: Sequence[str] | None = None  # what the run set out to do (None: `--limit`)
     claims_at_wake: int | None = None
 
     async def __call__(self) -> int:
@@ -211,9 +216,39 @@ class RetryWait:
             return came_back
         if self.claims_at_wake is not None and ledger.claims == self.claims_at_wake:
             return 0
-        due = await self._wait_for_due()
-        self.claims_at_wake = ledger.claims if due else None
-        return due
+        freed = await self._wait_for_others() or await self._wait_for_due()
+        self.claims_at_wake = ledger.claims if freed else None
+        return freed
+
+    async def busy(self) -> bool:
+        """Whether videos of the plan are under way in other replicas: to be waited for."""
+        if self.planned is None:
+            return False
+        where = functools.partial(leases.outcome, ids=self.planned, owner=self.run.claims.owner)
+        return (await self.run.db.run(where)).elsewhere > 0
+
+    async def _wait_for_others(self) -> int:
+        """While videos of the plan are under way in other replicas: waits until some come back
+        (handed back, or their owner's heartbeat stopped and they were handed back for it) and
+        returns how many, or until none is left elsewhere. A backfill's exit 0 says the work is
+        done, not that someone else was doing it."""
+        run, stop = self.run, self.run.shutdown.requested
+        if self.planned is None:
+            return 0
+        where = functools.partial(leases.outcome, ids=self.planned, owner=run.claims.owner)
+        waited = False
+        while not stop.is_set():
+            outcome = await run.db.run(where)
+            if waited and outcome.left:
+                return outcome.left
+            if not outcome.elsewhere:
+                return 0
+            waited = True
+            log.info("waiting_for_other_replicas", videos=outcome.elsewhere)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), run.claims.rules.ttl_s / 3)
+            await run.claims.tidy()
+        return 0
 
     async def soon(self) -> bool:
         """Whether a retry falls due within the window: worth loading the models for."""

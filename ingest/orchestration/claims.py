@@ -5,6 +5,7 @@ of processes whose heartbeat stopped handed back and removed."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import os
 import re
@@ -63,6 +64,38 @@ def remove_dead_audio(base: Path, live_owners: Collection[str]) -> list[Path]:
     return removed
 
 
+class RunningLock:
+    """A file this process keeps locked (flock) for its life, beside those of the processes
+    sharing its data folder. The kernel drops a lock when its process dies, however it dies
+    (kill -9, out of memory), so a process starting next to a dead one knows it dead at once,
+    where its heartbeat would look alive for up to a lease; PIDs and host names play no part."""
+
+    def __init__(self, folder: Path, owner: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.path = folder, folder / f"{_token_of(owner)}.lock"
+        self._file = self.path.open("w")
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def dead_beside(self) -> list[str]:
+        """The owner tokens of the files no process holds any more (their files removed)."""
+        dead = []
+        for path in self.folder.glob("*.lock"):
+            if path == self.path:
+                continue
+            with path.open("a") as other:
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # held: its process runs
+                path.unlink(missing_ok=True)
+                dead.append(path.stem)
+        return dead
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._file.close()
+
+
 @dataclass
 class _Cursor:
     """Where the walk along the listings is: a source, and a position in its listing."""
@@ -111,6 +144,13 @@ class Claims:
             await asyncio.sleep(self.rules.ttl_s / 3)
             await self.beat()
             await self.hand_back_dead()
+
+    async def bury(self, tokens: Collection[str]) -> None:
+        """The owners of `tokens` are known dead (see RunningLock): their heartbeats end now,
+        and their videos are handed back at the next tidy."""
+        if tokens:
+            await self.db.run(lambda conn: workers.bury(conn, list(tokens)))
+            log.info("dead_processes_found", owners=list(tokens))
 
     async def retire(self) -> None:
         await self.db.run(lambda conn: workers.retire(conn, self.owner))

@@ -19,6 +19,7 @@ from db.corpus import EmbeddingModelMismatch
 from db.sites import SitePause
 from db.speakers import ProfileModelMismatch
 from db.videos import FailedSummary, RecentError, StatusSummary, status_summary
+from db.workers import Replica
 from ingest.infrastructure.config import (
     ConfigError,
     Device,
@@ -271,10 +272,19 @@ def status(
     out.print(_to_do(report), highlight=False)
     if line := _failed(report.failed):
         out.print(line, highlight=False)
+    for replica in report.replicas:
+        out.print(_replica(replica), markup=False, highlight=False)
     for pause in report.paused_sites:
         out.print(_paused(pause), markup=False, highlight=False, soft_wrap=True)
     for e in report.recent_errors:
         out.print(_recent(e), markup=False, highlight=False)
+
+
+def _replica(replica: Replica) -> str:
+    where = f"{replica.host} (pid {replica.pid}, since {replica.started_at.astimezone():%H:%M})"
+    if replica.alive:
+        return f"replica {where}: {replica.videos} videos in hand"
+    return f"replica {where}: heartbeat stopped {replica.seen_s / 60:.0f} min ago"
 
 
 def _failed(failed: FailedSummary) -> str:
