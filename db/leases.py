@@ -45,7 +45,7 @@ class ClaimRules:
 _CLAIMABLE_VIDEO = """(
         v.status = 'discovered'
         OR (v.status = 'processing' AND (v.lease_expires_at IS NULL OR v.lease_expires_at < now()))
-        OR ($2::timestamptz IS NOT NULL AND v.status = 'failed' AND v.updated_at < $2)
+        OR ($2::timestamptz IS NOT NULL AND v.status = 'failed' AND v.failed_at < $2)
         OR ($3::timestamptz IS NOT NULL AND v.status = 'done' AND v.done_at < $3)
         OR (v.status = 'failed' AND v.retry_at <= now())
         OR (v.status = 'failed' AND v.failure_class IN ('needs_cookies', 'needs_location')

@@ -167,7 +167,8 @@ _FAILED = _fenced(
     """UPDATE videos SET status = 'failed', error = $2, failure_class = $4,
     retry_at = CASE WHEN $5::float8 IS NOT NULL AND attempts < $7 THEN now() + make_interval(
         secs => least($5 * power(2, greatest(attempts - 1, 0)), $6)) END,
-    failed_identity = $8, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()""",
+    failed_identity = $8, lease_owner = NULL, lease_expires_at = NULL, failed_at = now(),
+    updated_at = now()""",
     "failed",
 )
 # What a full extraction adds to a listing's record: a flat listing may lack dates and lengths.

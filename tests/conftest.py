@@ -20,10 +20,37 @@ from db.pool import create_pool
 from tests import standins
 from tests.speech import SENTENCES, dialogue, speak
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
+# What the suite takes from the environment it was started in: enough to find programs, write
+# temporary files and speak a locale. Everything else (a user's DATABASE_URL, INGEST_* settings,
+# hub tokens) stays out of every test and every process a test starts.
+ALLOWED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "TZ")
+# Locale and the tuning of the machine's maths libraries (some CPUs need OPENBLAS_CORETYPE).
+ALLOWED_PREFIXES = ("LC_", "OPENBLAS_", "OMP_", "MKL_")
+# The model hubs are never reached: the stand-ins are local.
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "PYANNOTE_METRICS_ENABLED": "0",
+}
+os.environ.update(OFFLINE)
+
+
+def isolated_environment() -> dict[str, str]:
+    """The environment of a process a test starts: the allow-list and the offline switches."""
+    kept = {k: v for k, v in os.environ.items() if k in ALLOWED or k.startswith(ALLOWED_PREFIXES)}
+    return {**kept, **OFFLINE}
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test runs in its own working directory, so no `.env` is read unless the test writes
+    one there, with only the allowed variables in its environment."""
+    keep = isolated_environment()
+    for name in list(os.environ):
+        if name not in keep:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
@@ -124,7 +151,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
 def ingest_env(database_url: str, models: ModelPaths, tmp_path: Path) -> dict[str, str]:
     """Environment for an `ingest` process on the test database and the stand-in models."""
     env: dict[str, str] = {
-        **os.environ,
+        **isolated_environment(),
         "DATABASE_URL": database_url,
         "INGEST_DATA_DIR": str(tmp_path / "data"),
         "INGEST_DEVICE": "cpu",

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.observing import free_port
+from tests.observing import closed_port
 
 with warnings.catch_warnings():
     # Importing pgserver warns when XDG_RUNTIME_DIR is unset, as db.embedded explains.
@@ -46,6 +46,22 @@ def _run(owner: str | None, *args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, text=True, user=owner, timeout=60)
 
 
+def _start(owner: str | None, pg_ctl: str, pgdata: Path, sockets: Path) -> TcpPostgres:
+    """PostgreSQL cannot be told to take any free port (its socket file is named after the
+    port), so a free one is drawn, and drawn again should another process take it first."""
+    for _ in range(5):
+        with closed_port() as port:
+            pass
+        options = f"-h 127.0.0.1 -p {port} -k {sockets}"
+        try:
+            _run(owner, pg_ctl, "-D", str(pgdata), "-o", options, "-l", str(pgdata / "log"),
+                 "-w", "start")  # fmt: skip
+        except subprocess.CalledProcessError:
+            continue
+        return TcpPostgres(port, sockets)
+    raise AssertionError(f"PostgreSQL did not start: {(pgdata / 'log').read_text()}")
+
+
 @contextmanager
 def tcp_postgres(folder: Path) -> Iterator[TcpPostgres]:
     """A running cluster in `folder` (which must be reachable by other users: see
@@ -63,9 +79,7 @@ def tcp_postgres(folder: Path) -> Iterator[TcpPostgres]:
     initdb, pg_ctl = str(POSTGRES_BIN_PATH / "initdb"), str(POSTGRES_BIN_PATH / "pg_ctl")
     auth = ("--auth-host=scram-sha-256", "--auth-local=trust")
     _run(owner, initdb, "-D", str(pgdata), "-U", "postgres", "-E", "utf8", *auth)
-    server = TcpPostgres(free_port(), sockets)
-    options = f"-h 127.0.0.1 -p {server.port} -k {sockets}"
-    _run(owner, pg_ctl, "-D", str(pgdata), "-o", options, "-l", str(pgdata / "log"), "-w", "start")
+    server = _start(owner, pg_ctl, pgdata, sockets)
     try:
         yield server
     finally:

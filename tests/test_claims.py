@@ -4,12 +4,14 @@ handed back, leases that expired behind the walk), and leases that cannot be sto
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import sys
+import time
 from collections.abc import Sequence, Set
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import asyncpg
 import pytest
@@ -28,7 +30,11 @@ from db.videos import (
     status_summary,
     update_metadata,
 )
+from ingest.infrastructure.config import load_settings
 from ingest.infrastructure.retry import Database
+from ingest.infrastructure.shutdown import Shutdown
+from ingest.orchestration import backfill, daemon
+from ingest.orchestration.backfill import session
 from ingest.orchestration.claims import Claims, RunningLock, audio_dir_of, remove_dead_audio
 from ingest.stages.ledger import Ledger
 from tests.test_sink import DIM, finished
@@ -105,13 +111,79 @@ async def test_finished_videos_are_skipped_unless_the_rules_say_redo(pool: async
     await listed(pool, "s1", ["a", "b", "c"])
     async with pool.acquire() as conn:
         await conn.execute("UPDATE videos SET status = 'done', done_at = now() WHERE id = 'b'")
-        await conn.execute("UPDATE videos SET status = 'failed' WHERE id = 'c'")
+        await conn.execute("UPDATE videos SET status = 'failed', failed_at = now() WHERE id = 'c'")
         cutoff: datetime = await conn.fetchval("SELECT now()")
     claims = await alive_claims(pool, "host:1:first")
     assert await claim_all(claims, ["s1"]) == ["a"]
     redo = ClaimRules(retry_failed_before=cutoff, reprocess_done_before=cutoff)
     assert await claim_all(await alive_claims(pool, "host:2:x", redo), ["s1"]) == ["b", "c"]
-    assert cutoff.tzinfo is not None and cutoff <= datetime.now(UTC)
+
+
+async def test_a_failed_video_renamed_by_the_runs_own_listing_is_still_retried(
+    pool: asyncpg.Pool,
+) -> None:
+    """`--retry-failed` takes what failed before the run began, even when the run's listing,
+    recorded after the cutoff, gave the video a new title."""
+    await listed(pool, "s1", ["c"])
+    jobs = [
+        job async for job in (await alive_claims(pool, "host:1:x")).jobs(["s1"], asyncio.Event())
+    ]
+    async with pool.acquire() as conn:
+        assert await mark_failed(conn, "c", FailureRecord("HTTP Error 404"), jobs[0].lease)
+        cutoff: datetime = await conn.fetchval("SELECT now()")
+        renamed = DiscoveredVideo("c", "https://x.org/c", title="Renamed since")
+        await record_discovered(conn, [renamed])
+        await record_listing(conn, "s1", ["c"])
+        assert await conn.fetchval("SELECT updated_at > $1 FROM videos", cutoff)
+    retry = ClaimRules(retry_failed_before=cutoff)
+    assert await claim_all(await alive_claims(pool, "host:2:y", retry), ["s1"]) == ["c"]
+
+
+YEAR = timedelta(days=365)
+
+
+class YearBehind(datetime):
+    """A client clock that runs a year behind the database's."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> Self:
+        return super().now(tz) - YEAR
+
+
+def set_the_clients_clock_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Python-side source of the time a cutoff could be built from."""
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() - YEAR.total_seconds())
+    for module in (dt, backfill, daemon, leases):
+        monkeypatch.setattr(module, "datetime", YearBehind)
+
+
+async def test_the_cutoffs_of_a_run_are_the_databases_time_not_the_clients(
+    pool: asyncpg.Pool, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--reprocess` and `--retry-failed` redo what finished before the run began. A cutoff
+    from a client whose clock is a year behind would redo nothing finished since then."""
+    await listed(pool, "s1", ["a", "b", "c"])
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE videos SET status = 'done', done_at = now(), updated_at = now() WHERE id = 'b'"
+        )
+        await conn.execute(
+            "UPDATE videos SET status = 'failed', failed_at = now(), updated_at = now()"
+            " WHERE id = 'c'"
+        )
+        finished: datetime = await conn.fetchval("SELECT max(updated_at) FROM videos")
+    set_the_clients_clock_back(monkeypatch)
+    settings = load_settings(database_url=database_url, data_dir=tmp_path, metrics_addr="")
+
+    def redo(now: datetime) -> ClaimRules:
+        return ClaimRules(retry_failed_before=now, reprocess_done_before=now)
+
+    async with session(settings, redo, Shutdown(1.0)) as (run, _):
+        assert await claim_all(run.claims, ["s1"]) == ["a", "b", "c"]
+        cutoff = run.claims.rules.reprocess_done_before
+    async with pool.acquire() as conn:
+        assert cutoff is not None and finished < cutoff <= await conn.fetchval("SELECT now()")
 
 
 async def test_a_video_whose_owner_dies_behind_the_walk_is_taken_at_the_end(
@@ -297,7 +369,8 @@ async def test_a_walk_that_ends_while_a_hand_back_is_written_waits_for_it(
     ledger = Ledger(SlowDatabase(pool), 1)
     ledger.took(job)
     handing_back = asyncio.create_task(ledger.handed_back(job, again=True))
-    await asyncio.sleep(0.05)  # out of flight, its hand-back not yet written
+    await asyncio.sleep(0)  # the task starts: out of flight at once, its hand-back written slowly
+    assert not ledger.in_flight
     stop = asyncio.Event()
     # Without the wait the run would end here with the video still to do.
     assert await asyncio.wait_for(ledger.settle(stop), 5) == 1
@@ -367,3 +440,42 @@ lock = RunningLock(Path(sys.argv[1]), "box:1:cccccccccccc")
 print("held", flush=True)
 time.sleep(600)
 """
+
+
+async def test_results_dropped_for_a_lost_lease_are_counted_by_outcome_in_the_metrics(
+    pool: asyncpg.Pool,
+) -> None:
+    """`ingest_leases_lost_total` is what an operator watches to see replicas take each other's
+    videos over: each result a stalled replica dropped counts once under its outcome, and the
+    replica that took the videos over writes its own results without counting any."""
+    from ingest.infrastructure.metrics import Metrics
+    from tests.observing import value
+    from tests.test_lease_faults import embedded, sink
+    from tests.test_throttle import exported
+
+    await listed(pool, "s1", ["a", "b", "c", "d"])
+    async with pool.acquire() as conn:
+        await ensure_embedding_model(conn, "emb", DIM)
+    old = await alive_claims(pool, "host:1:old")
+    stale = {job.video_id: job async for job in old.jobs(["s1"], asyncio.Event())}
+    await stop_heartbeat(pool, "host:1:old")
+    new = await alive_claims(pool, "host:2:new")
+    taken = {job.video_id: job async for job in new.jobs(["s1"], asyncio.Event())}
+    assert list(taken) == ["a", "b", "c", "d"]
+
+    old_metrics, new_metrics = Metrics(), Metrics()
+    old_ledger = Ledger(Database(pool), 4, old_metrics)
+    await old_ledger.failed(stale["a"], "download", RuntimeError("boom"))
+    await old_ledger.skipped(stale["b"], "live stream")
+    await old_ledger.handed_back(stale["c"])
+    await sink(Database(pool), old_ledger, (embedded(stale["d"], ["late"]),))
+    new_ledger = Ledger(Database(pool), 4, new_metrics)
+    await sink(Database(pool), new_ledger, (embedded(taken["d"], ["on time"]),))
+
+    lost = exported(old_metrics)
+    outcomes = ("failed", "skipped", "handed_back", "done")
+    assert {
+        o: value(lost, "ingest_leases_lost_total", outcome=o) for o in outcomes
+    } == dict.fromkeys(outcomes, 1.0)
+    assert not [key for key in exported(new_metrics) if key[0] == "ingest_leases_lost_total"]
+    assert new_ledger.counters.done == 1 and old_ledger.counters.done == 0

@@ -40,7 +40,7 @@ from ingest.orchestration.doctor import (
 )
 from ingest.sites.ytdlp_version import YtDlpRelease, installed_release, release_date
 from tests.conftest import pg_folder
-from tests.observing import free_port
+from tests.observing import closed_port
 from tests.pgtcp import TcpPostgres, tcp_postgres
 from tests.test_backfill import ingest
 from tests.test_gpu import FakeNvml, machine
@@ -110,7 +110,7 @@ def outside_data_dir() -> Iterator[Path]:
 def test_a_good_set_up_passes(ingest_env: dict[str, str], outside_data_dir: Path) -> None:
     env = {k: v for k, v in ingest_env.items() if k != "DATABASE_URL"}  # embedded PostgreSQL
     env["INGEST_DATA_DIR"] = str(outside_data_dir)
-    env["INGEST_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
+    env["INGEST_METRICS_ADDR"] = "127.0.0.1:0"
 
     result = doctor(env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -305,34 +305,35 @@ def test_the_right_password_passes_and_is_never_shown(
     assert rows["migrations"][1].startswith("reader may not read schema_migrations")
 
 
-BROKEN_DATABASES: list[tuple[str, Callable[[TcpPostgres], str], str, tuple[str, ...]]] = [
+# Each URL is made from the running server and a port on which nothing answers.
+BROKEN_DATABASES: list[tuple[str, Callable[[TcpPostgres, int], str], str, tuple[str, ...]]] = [
     (
         "wrong password",
-        lambda s: s.url("ingest", WRONG_PASSWORD, "corpus"),
+        lambda s, _: s.url("ingest", WRONG_PASSWORD, "corpus"),
         "database",
         ("authentication failed for user ingest; check the password in DATABASE_URL",),
     ),
     (
         "server down",
-        lambda s: s.url("ingest", PASSWORD, "corpus", port=free_port()),
+        lambda s, closed: s.url("ingest", PASSWORD, "corpus", port=closed),
         "database",
         ("cannot connect to 127.0.0.1:", "is PostgreSQL running?"),
     ),
     (
         "no such database",
-        lambda s: s.url("ingest", PASSWORD, "nosuch"),
+        lambda s, _: s.url("ingest", PASSWORD, "nosuch"),
         "database",
         ('database "nosuch" does not exist; create it',),
     ),
     (
         "no pgvector, no superuser",
-        lambda s: s.url("ingest", PASSWORD, "novector"),
+        lambda s, _: s.url("ingest", PASSWORD, "novector"),
         "pgvector",
         ("an admin runs CREATE EXTENSION vector; in database novector",),
     ),
     (
         "no right to create tables",
-        lambda s: s.url("reader", READER_PASSWORD, "empty"),
+        lambda s, _: s.url("reader", READER_PASSWORD, "empty"),
         "database writes",
         ("reader may not create tables in schema public; an admin runs GRANT CREATE ON SCHEMA",),
     ),
@@ -347,11 +348,12 @@ BROKEN_DATABASES: list[tuple[str, Callable[[TcpPostgres], str], str, tuple[str, 
 def test_a_broken_database_is_named(
     tcp_server: TcpPostgres,
     ingest_env: dict[str, str],
-    url: Callable[[TcpPostgres], str],
+    url: Callable[[TcpPostgres, int], str],
     check: str,
     says: tuple[str, ...],
 ) -> None:
-    result = doctor({**ingest_env, "DATABASE_URL": url(tcp_server)}, "--skip-models")
+    with closed_port() as closed:
+        result = doctor({**ingest_env, "DATABASE_URL": url(tcp_server, closed)}, "--skip-models")
     assert_fails_only(result, check, *says)
     for password in (PASSWORD, READER_PASSWORD, WRONG_PASSWORD):
         assert password not in result.stdout + result.stderr
@@ -500,3 +502,23 @@ def test_yt_dlp_options_the_downloader_refuses(ingest_env: dict[str, str]) -> No
         "INGEST_YTDLP_ARGS: -o/--output is not allowed: the downloader names its own files",
     )
     assert report(result)["js runtime"][0] == "ok"  # yt-dlp's default runtime, deno
+
+
+def test_json_names_the_failing_check_and_never_the_password(
+    tcp_server: TcpPostgres, ingest_env: dict[str, str]
+) -> None:
+    """What a script reading `doctor --json` relies on: a non-zero exit, the failing check by
+    name with what is wrong and how to fix it, every other check still there, and the
+    password nowhere in the output."""
+    env = {**ingest_env, "DATABASE_URL": tcp_server.url("ingest", WRONG_PASSWORD, "corpus")}
+    result = doctor(env, "--json", "--skip-models")
+    assert result.returncode == 1, result.stdout + result.stderr
+    checks = json.loads(result.stdout)
+    failed = [c for c in checks if c["status"] == "fail"]
+    assert [c["check"] for c in failed] == ["database"], checks
+    assert "authentication failed for user ingest" in failed[0]["detail"]
+    assert "check the password in DATABASE_URL" in failed[0]["fix"]
+    assert {"data dir", "ffmpeg", "yt-dlp", "metrics addr"} <= {c["check"] for c in checks}
+    assert all(c["status"] in {"ok", "warn"} for c in checks if c not in failed)
+    assert WRONG_PASSWORD not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 from collections.abc import Sequence
 
 import anyio
@@ -127,24 +126,35 @@ async def test_a_lone_video_is_flushed_after_the_wait(
 
 class Refusing(TextEmbedder):
     """The real MiniLM, except that a batch holding the `poison` text makes it raise; it keeps
-    the size of every batch it is given."""
+    the size of every batch it is given. Once `hold()` is called, each encode waits for a
+    `release()`, as a busy device keeps a batch waiting for as long as the test says."""
 
-    def __init__(self, inner: TextEmbedder, poison: str = "poison", delay_s: float = 0.0) -> None:
+    def __init__(self, inner: TextEmbedder, poison: str = "poison") -> None:
         self.options, self.dimension = inner.options, inner.dimension
-        self.inner, self.poison, self.delay_s = inner, poison, delay_s
+        self.inner, self.poison = inner, poison
         self.sizes: list[int] = []
-        self.gate = threading.Event()  # cleared: every encode waits for it
-        self.gate.set()
-        self.called = threading.Event()
+        self._held = False
+        self._permits = threading.Semaphore(0)
+        self._begun = threading.Semaphore(0)
+
+    def hold(self) -> None:
+        self._held = True
+
+    def release(self, encodes: int = 1) -> None:
+        self._permits.release(encodes)
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         self.sizes.append(len(texts))
-        self.called.set()
-        self.gate.wait(timeout=10)
-        time.sleep(self.delay_s)  # a slow device: the thread sleeps as it would wait on a GPU
+        self._begun.release()
+        if self._held:
+            assert self._permits.acquire(timeout=60), "the test never let this encode go"
         if self.poison in texts:
             raise RuntimeError("encoder exploded")
         return self.inner.encode(texts)
+
+    async def begun(self) -> None:
+        """Until one more encode has begun."""
+        assert await asyncio.to_thread(self._begun.acquire, timeout=60), "no encode began"
 
 
 def poisoned(video_id: str) -> TranscribedVideo:
@@ -225,33 +235,36 @@ async def test_batches_stay_full_while_the_encoder_is_slow(
 ) -> None:
     """Videos arrive faster than the encoder takes them: each batch is what arrived during the
     previous encode, up to the limit, not what arrived within the short wait."""
-    slow = Refusing(embedder, delay_s=0.1)
+    slow = Refusing(embedder)
+    slow.hold()
     rules = BatchRules(max_chunks=30, max_wait_s=0.02)
-    send, receive = anyio.create_memory_object_stream[TranscribedVideo](1)
+    send, receive = anyio.create_memory_object_stream[TranscribedVideo](100)
     out_send, out_receive = anyio.create_memory_object_stream[EmbeddedBatch](100)
-
-    async def produce() -> None:
-        async with send:
-            for i in range(60):
-                await send.send(video(f"v{i}", 3))
-                await asyncio.sleep(0.005)
-
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(produce())
         tg.create_task(embed_stage(receive, out_send, embedder=slow, rules=rules, ledger=ledger))
+        # The first batch is flushed by the timer while the encoder is idle, as it should be.
+        await send.send(video("v0", 3))
+        await slow.begun()
+        async with send:
+            for i in range(1, 31):
+                await send.send(video(f"v{i}", 3))
+        for _ in range(3):
+            # Everything that could be collected during the encode has been: then it ends.
+            await anyio.wait_all_tasks_blocked()
+            slow.release()
+            await slow.begun()
+        slow.release()
     async with out_receive:
         arrived = [e.video.job.video_id async for b in out_receive for e in b]
-    assert arrived == [f"v{i}" for i in range(60)]
-    # The first batch is flushed by the timer while the encoder is idle, as it should be.
-    steady = slow.sizes[1:-1]
-    assert steady and all(30 * 0.8 <= size <= 30 + 3 for size in steady), slow.sizes
+    assert arrived == [f"v{i}" for i in range(31)]
+    assert slow.sizes == [3, 30, 30, 30]
 
 
 async def test_a_full_batch_waiting_for_the_encoder_holds_upstream_back(
     embedder: TextEmbedder, ledger: Ledger
 ) -> None:
     stuck = Refusing(embedder)
-    stuck.gate.clear()
+    stuck.hold()
     send, receive = anyio.create_memory_object_stream[TranscribedVideo](10)
     out_send, out_receive = anyio.create_memory_object_stream[EmbeddedBatch](10)
     async with send:
@@ -260,11 +273,11 @@ async def test_a_full_batch_waiting_for_the_encoder_holds_upstream_back(
     rules = BatchRules(max_chunks=3, max_wait_s=60)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(embed_stage(receive, out_send, embedder=stuck, rules=rules, ledger=ledger))
-        assert await asyncio.to_thread(stuck.called.wait, 10)
-        await asyncio.sleep(0.2)
+        await stuck.begun()
+        await anyio.wait_all_tasks_blocked()  # the stage has taken all it will meanwhile
         # v0 is being encoded and v1 fills the next batch: the other eight stay upstream.
         assert receive.statistics().current_buffer_used == 8
-        stuck.gate.set()
+        stuck.release(10)
     async with out_receive:
         assert [[e.video.job.video_id for e in b] async for b in out_receive] == [
             [f"v{i}"] for i in range(10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import socket
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.client import RemoteDisconnected
@@ -632,13 +631,11 @@ def status_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_real_yt_dlp_against_a_local_server(
     status_server: str, status: int, kind: str, retry_after_s: float | None
 ) -> None:
-    started = time.perf_counter()
     with yt_dlp.YoutubeDL({"quiet": True}) as ydl, pytest.raises(DownloadError) as raised:
         ydl.extract_info(f"{status_server}/{status}/episode.mp3")
     failure = classify(raised.value)
     raised.value.exc_info[1].close()  # the HTTPError holds the connection
     assert (failure.kind, failure.retry_after_s) == (kind, retry_after_s)
-    assert time.perf_counter() - started < 10
 
 
 def test_the_real_extractor_warns_of_a_missing_po_token_as_above() -> None:

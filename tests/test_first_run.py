@@ -67,6 +67,19 @@ def folder(tmp_path: Path, speech: Speech) -> Path:
     return channel
 
 
+# Copies of the short voice after the four: videos left for a second run to claim (see below).
+SHORT_COPIES = 6
+
+
+@pytest.fixture
+def crowded(folder: Path, speech: Speech) -> Path:
+    """The four voices, the dialogue first in the listing (in the order of names), then copies
+    of the short one."""
+    for i in range(SHORT_COPIES):
+        shutil.copy(speech.short, folder / f"short-{i}.wav")
+    return folder
+
+
 def audio_of(folder: Path) -> float:
     return sum(wav_seconds(path) for path in folder.iterdir())
 
@@ -83,11 +96,21 @@ async def video_rows(pgdata: Path) -> list[asyncpg.Record]:
         stop_embedded(pgdata)
 
 
+# A run holds at most seven videos ahead of its models with one download and one decoded video
+# queued: the model call's, the decoded one waiting, the decoder's, the queue's, the download's,
+# the job queue's and the one on its way there. A local file downloads at once, so the first
+# run to load its models claims seven at once, and the others stay for the second until the
+# first has done its first (the dialogue, the slowest): both runs work at once.
+ONE_AT_A_TIME = {"INGEST_DOWNLOAD_WORKERS": "1", "INGEST_AUDIO_QUEUE_SIZE": "1"}
+
+
+@pytest.mark.timing
 @pytest.mark.anyio
 async def test_two_first_runs_at_once_without_a_token(
-    folder: Path, ingest_env: dict[str, str], tmp_path: Path
+    crowded: Path, ingest_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = first_run_env(ingest_env, tmp_path)
+    folder, videos = crowded, 4 + SHORT_COPIES
+    env = {**first_run_env(ingest_env, tmp_path), **ONE_AT_A_TIME}
     with default_port_taken():
         runs = [start(env, "backfill", str(folder)) for _ in range(2)]
         outputs = [run.communicate(timeout=240) for run in runs]
@@ -102,9 +125,9 @@ async def test_two_first_runs_at_once_without_a_token(
     assert planned["audio_hours"] == pytest.approx(audio_of(folder) / 3600, abs=0.01)
 
     done = [int(stdout.split(" done")[0]) for stdout, _ in outputs]
-    assert sum(done) == 4  # between them, each video once
+    assert sum(done) == videos and min(done) >= 1, done  # between them, each video once
     rows = await video_rows(tmp_path / "data" / "pgdata")
-    assert len(rows) == 4
+    assert len(rows) == videos
     assert all((r["status"], r["attempts"], r["speaker_path"]) == ("done", 1, "full") for r in rows)
 
     search = ingest(env, "search", "planning meeting", "--json")

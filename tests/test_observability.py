@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import pytest
 
 from db.embedded import start_embedded, stop_embedded
 from tests.conftest import Speech, pg_folder
 from tests.feeds import Item, fill, serve, write_feed
-from tests.observing import Samples, free_port, health, scrape, start, value
+from tests.observing import Running, Samples, health, scrape, start, value
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ingest.json"
@@ -33,8 +37,9 @@ def channel(tmp_path: Path, speech: Speech, copies: int, rate: int) -> Iterator[
         yield write_feed(site, base, items)
 
 
-def watch(process: subprocess.Popen[str], port: int, timeout: float = 180) -> list[Samples]:
+def watch(process: Running, timeout: float = 180) -> list[Samples]:
     """Scrapes every 0.2 s until the process exits."""
+    port = process.metrics_port()
     snapshots: list[Samples] = []
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
@@ -48,11 +53,10 @@ def watch(process: subprocess.Popen[str], port: int, timeout: float = 180) -> li
 def test_metrics_move_as_a_backfill_progresses_and_logs_are_json(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str]
 ) -> None:
-    port = free_port()
-    env = {**ingest_env, "INGEST_METRICS_ADDR": f"127.0.0.1:{port}"}
+    env = {**ingest_env, "INGEST_METRICS_ADDR": "127.0.0.1:0"}
     with channel(tmp_path, speech, copies=3, rate=400_000) as feed:
         process = start(env, "backfill", feed)
-        snapshots = watch(process, port)
+        snapshots = watch(process)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1  # the missing video failed, the others are done
     assert len(snapshots) > 5
@@ -94,11 +98,11 @@ def test_healthz_turns_unhealthy_when_the_database_stops(
 ) -> None:
     pgdata = pg_folder() / "pgdata"
     uri = start_embedded(pgdata)
-    port = free_port()
-    env = {**ingest_env, "DATABASE_URL": uri, "INGEST_METRICS_ADDR": f"127.0.0.1:{port}"}
+    env = {**ingest_env, "DATABASE_URL": uri, "INGEST_METRICS_ADDR": "127.0.0.1:0"}
     with channel(tmp_path, speech, copies=2, rate=50_000) as feed:
         process = start(env, "backfill", feed)
         try:
+            port = process.metrics_port()
             deadline = time.monotonic() + 60
             while health(port) != 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -132,7 +136,6 @@ def prometheus_query(port: int, expr: str) -> dict[str, Any]:
 def prometheus(tmp_path: Path, target_port: int) -> Iterator[int]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed (scripts/install.sh installs it)"
-    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -141,47 +144,68 @@ def prometheus(tmp_path: Path, target_port: int) -> Iterator[int]:
     )
     server = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
+         "--web.listen-address=127.0.0.1:0"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
-    try:
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert server.stderr is not None
+    # Read to the end all along, so that its log never fills the pipe and blocks it.
+    drain = threading.Thread(target=server.stderr.read, daemon=True)
+    with server.stderr:
+        try:
+            port = listening_port(server.stderr)
+            drain.start()
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            if drain.is_alive():
+                drain.join(timeout=30)
+
+
+def listening_port(log: IO[str]) -> int:
+    """The port Prometheus bound when told to take any: it logs the address it listens on."""
+    for line in log:
+        if 'msg="Listening on"' in line:
+            found = re.search(r"address=\S+:(\d+)", line)
+            assert found, line
+            return int(found.group(1))
+    raise AssertionError("prometheus ended before it listened")
 
 
 def test_every_dashboard_query_returns_data_in_a_real_prometheus(
     tmp_path: Path, speech: Speech, ingest_env: dict[str, str]
 ) -> None:
-    metrics_port = free_port()
-    env = {**ingest_env, "INGEST_METRICS_ADDR": f"127.0.0.1:{metrics_port}"}
-    with (
-        prometheus(tmp_path, metrics_port) as prom_port,
-        channel(tmp_path, speech, copies=6, rate=150_000) as feed,
-    ):
+    env = {**ingest_env, "INGEST_METRICS_ADDR": "127.0.0.1:0"}
+    with channel(tmp_path, speech, copies=6, rate=150_000) as feed:
         process = start(env, "backfill", feed)
         try:
-            deadline = time.monotonic() + 120
-            stored = 0.0
-            while stored < 2 and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(1)
-                result = prometheus_query(prom_port, "sum(ingest_chunks_written_total)")
-                samples = result["data"]["result"]
-                stored = float(samples[0]["value"][1]) if samples else 0.0
-            time.sleep(3)  # a few more scrapes, so that every rate has two points
-            assert process.poll() is None, "the run ended before the queries could be checked"
-            empty = []
-            for expr in dashboard_queries():
-                result = prometheus_query(prom_port, expr)
-                assert result["status"] == "success", (expr, result)
-                if not result["data"]["result"]:
-                    empty.append(expr)
-            assert empty == []
+            with prometheus(tmp_path, process.metrics_port()) as prom_port:
+                until_scraped_twice(prom_port, process)
+                empty = []
+                for expr in dashboard_queries():
+                    result = prometheus_query(prom_port, expr)
+                    assert result["status"] == "success", (expr, result)
+                    if not result["data"]["result"]:
+                        empty.append(expr)
+                assert empty == []
         finally:
             process.kill()
             process.communicate()
+
+
+def until_scraped_twice(prom_port: int, process: Running) -> None:
+    """Until Prometheus holds stored chunks and a few more scrapes, so every rate has two points."""
+    deadline = time.monotonic() + 120
+    stored = 0.0
+    while stored < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+        result = prometheus_query(prom_port, "sum(ingest_chunks_written_total)")
+        samples = result["data"]["result"]
+        stored = float(samples[0]["value"][1]) if samples else 0.0
+    time.sleep(3)
+    assert process.poll() is None, "the run ended before the queries could be checked"
 
 
 def test_deployment_files_validate(tmp_path: Path) -> None:
@@ -203,3 +227,32 @@ def test_deployment_files_validate(tmp_path: Path) -> None:
     for service in ("postgres", "ingest", "prometheus", "grafana"):
         assert f"  {service}:" in config.stdout
     assert "pgvector/pgvector:pg16" in config.stdout and "capabilities:" in config.stdout
+
+
+def test_a_backfill_without_a_terminal_logs_its_plan_and_an_estimate_as_each_video_ends(
+    tmp_path: Path, speech: Speech, ingest_env: dict[str, str]
+) -> None:
+    """A backfill run by a service manager or cron has no progress display: its log must say how
+    much there is to do, how much is done after each video, and the time left."""
+    folder = tmp_path / "talks"
+    folder.mkdir()
+    for name, voice in (("a.wav", speech.short), ("b.wav", speech.medium), ("c.wav", speech.long)):
+        shutil.copy(voice, folder / name)
+    process = start(ingest_env, "backfill", str(folder))
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, out + err
+    assert "3 done, 0 failed of 3 videos" in out
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    (planned,) = [e for e in events if e["event"] == "backfill_planned"]
+    ends = [e for e in events if e["event"] in ("video_done", "progress")]
+    assert [e["event"] for e in ends] == ["video_done", "progress"] * 3  # one after each video
+    audio_s = sum(e["audio_s"] for e in ends if e["event"] == "video_done")
+    assert (planned["videos"], planned["not_yet_done"], planned["unknown_length"]) == (3, 3, 0)
+    assert planned["audio_hours"] == pytest.approx(audio_s / 3600, abs=0.005)
+    progress = [e for e in ends if e["event"] == "progress"]
+    assert [(e["done"], e["failed"], e["total"]) for e in progress] == [
+        (1, 0, 3), (2, 0, 3), (3, 0, 3)
+    ]  # fmt: skip
+    estimates = [e["eta_s"] for e in progress]
+    assert all(isinstance(eta, int) for eta in estimates), estimates
+    assert estimates[0] > 0 and estimates[-1] == 0, estimates  # audio left after the first

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from db.videos import DiscoveredVideo, mark_skipped, record_discovered
-from ingest.infrastructure.retry import Database, RetryPolicy, retry_transient
+from db.embedded import start_embedded, stop_embedded
+from db.migrate import apply_migrations
+from db.pool import create_pool
+from db.videos import DiscoveredVideo, count_by_status, mark_skipped, record_discovered
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.observe import sample_videos
+from ingest.infrastructure.retry import Database, RetryPolicy, is_worth_retrying, retry_transient
 from ingest.sites.errors import is_transient
 from ingest.stages.download import (
     Downloader,
@@ -16,6 +23,7 @@ from ingest.stages.download import (
     NotYetAvailable,
     PermanentDownloadError,
 )
+from tests.conftest import pg_folder
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +135,47 @@ def test_streams_and_overlong_videos_are_refused_before_downloading(tmp_path: Pa
         downloader._check({"duration": 600, "live_status": "was_live"})
     finally:
         downloader.close()
+
+
+async def _ask_until(stop: asyncio.Event, database: Database) -> int:
+    answers = 0
+    while not stop.is_set():
+        await database.run(count_by_status)
+        answers += 1
+    return answers
+
+
+async def test_a_server_restarting_under_busy_connections_is_waited_for() -> None:
+    """A private server is stopped and started five times under four loops of queries and the
+    status sampler: every operation ends with an answer and the sampler keeps going, whatever the
+    connections die of (a reset, a refused connect, or asyncpg's protocol left mid-error)."""
+    pgdata = pg_folder() / "pgdata"
+    uri = await asyncio.to_thread(start_embedded, pgdata)
+    pool = await create_pool(uri, max_size=8)
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+        stop, database = asyncio.Event(), Database(pool, outage_s=120)
+        sampler = asyncio.create_task(sample_videos(pool, Metrics(), 0.01))
+        askers = [asyncio.create_task(_ask_until(stop, database)) for _ in range(4)]
+        for _ in range(5):
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(stop_embedded, pgdata)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(start_embedded, pgdata)
+        stop.set()
+        assert all(answers > 0 for answers in await asyncio.gather(*askers))
+        assert not sampler.done(), sampler.exception()
+        sampler.cancel()
+    finally:
+        await pool.close()
+        await asyncio.to_thread(stop_embedded, pgdata)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+def test_a_protocol_left_mid_error_counts_as_a_lost_connection() -> None:
+    refused = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert is_worth_retrying(refused)
+    assert not is_worth_retrying(asyncpg.exceptions.UniqueViolationError("duplicate key"))

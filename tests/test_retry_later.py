@@ -3,10 +3,13 @@ changes; permanent ones never. Through the real ledger, claims and PostgreSQL.""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog.testing
 from yt_dlp.utils import DownloadError, ExtractorError
 
 from db import leases
@@ -146,3 +149,75 @@ async def test_outcome_counts_what_a_run_set_out_to_do(pool: asyncpg.Pool) -> No
         later = await leases.planned_ids(conn, ["s"], claims.rules)
     assert (outcome.waiting_retry, outcome.left, outcome.finished) == (1, 2, 0)
     assert sorted(later) == ["a", "b", "c"]  # a video waiting for its retry is still to do
+
+
+async def test_a_transient_failure_that_heals_on_its_scheduled_retry_ends_done_and_clean(
+    pool: asyncpg.Pool,
+) -> None:
+    """The whole life of a failure that heals: failed, shown as waiting for a retry at a time
+    `ingest status` gives, not claimable before it, claimed when due, then done with its chunks;
+    nothing of the failure is left to show, and the run counts the video done, not failed."""
+    from db.corpus import ensure_embedding_model
+    from db.videos import FailedSummary
+    from ingest.infrastructure.metrics import Metrics
+    from tests.test_lease_faults import embedded, sink
+    from tests.test_sink import DIM
+
+    await listed(pool, "s", ["v"])
+    async with pool.acquire() as conn:
+        await ensure_embedding_model(conn, "emb", DIM)
+    claims = await alive_claims(pool, "host:1:a", ClaimRules())
+    ledger = Ledger(Database(pool), 1, Metrics(), schedule=RetrySchedule(first_s=120))
+    await fail_once(pool, claims, ledger, "v", SERVER_ERROR)
+    async with pool.acquire() as conn:
+        waiting = await status_summary(conn)
+        halfway = await leases.outcome(conn, ["v"], claims.owner)
+    assert (waiting.failed.waiting, waiting.counts["failed"]) == (1, 1)
+    assert waiting.failed.next_retry_at is not None
+    (error,) = waiting.recent_errors
+    assert (error.video_id, error.failure_class, error.attempts) == ("v", "transient", 1)
+    assert error.error.startswith("download: ") and error.retry_at == waiting.failed.next_retry_at
+    assert halfway.waiting_retry == 1  # a backfill ending now says it may heal (exit 4)
+    assert await claim_all(claims, ["s"]) == []  # not before its time
+
+    await make_due(pool, "v")
+    (job,) = [job async for job in claims.jobs(["s"], asyncio.Event())]
+    ledger.took(job)
+    await sink(Database(pool), ledger, (embedded(job, ["first chunk", "second chunk"]),))
+
+    async with pool.acquire() as conn:
+        healed = await conn.fetchrow(
+            "SELECT status, attempts, error, failure_class, retry_at, chunk_count"
+            " FROM videos WHERE id = 'v'"
+        )
+        summary = await status_summary(conn)
+        outcome = await leases.outcome(conn, ["v"], claims.owner)
+    assert dict(healed) == {
+        "status": "done",
+        "attempts": 2,
+        "error": None,
+        "failure_class": None,
+        "retry_at": None,
+        "chunk_count": 2,
+    }
+    assert (summary.counts["done"], summary.counts["failed"], summary.chunks) == (1, 0, 2)
+    assert summary.failed == FailedSummary() and summary.recent_errors == []
+    assert (outcome.finished, outcome.waiting_retry, outcome.left) == (1, 0, 0)
+    assert (ledger.counters.done, ledger.counters.chunks) == (1, 2)
+
+
+async def test_a_failure_after_some_work_logs_the_estimate_too(pool: asyncpg.Pool) -> None:
+    """Without a terminal the estimate is logged as each video ends, failed ones included."""
+    await listed(pool, "s", ["a"])
+    (claimed,) = [
+        job async for job in (await alive_claims(pool, "h:1:a")).jobs(["s"], asyncio.Event())
+    ]
+    ledger = Ledger(Database(pool), 3)
+    ledger.counters.planned_audio_s, ledger.counters.audio_seconds = 300.0, 100.0
+    ledger.counters.done = 1
+    ledger.started = time.monotonic() - 100.0  # 100 s of audio in 100 s: 200 s left
+    with structlog.testing.capture_logs() as logs:
+        await ledger.failed(claimed, "download", SERVER_ERROR)
+    assert [e["event"] for e in logs] == ["video_failed", "progress"]
+    assert (logs[1]["done"], logs[1]["failed"], logs[1]["total"]) == (1, 1, 3)
+    assert logs[1]["eta_s"] == pytest.approx(200, abs=5)

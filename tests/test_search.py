@@ -1,5 +1,7 @@
 """Search on a real PostgreSQL + pgvector with real MiniLM embeddings: hybrid ranking, filters
-that keep k results, the vector index's life, the model check, and what results carry."""
+that keep k results, the vector index's life, the model check, and what results carry. The
+rankings are checked against ones rebuilt here: cosine similarity in numpy over every stored
+vector, word counts from the texts, and reciprocal rank fusion of the two."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import random
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 import asyncpg
 import numpy as np
@@ -43,6 +47,8 @@ OBJECTS = (
     "CVE-2021-44228 in the logging library", "a slow SSH login", "a bug in the scheduler",
 )  # fmt: skip
 PLACES = ("last spring", "in production", "during the release", "on the mailing list")
+RRF_K = 60  # README: reciprocal rank fusion, k = 60
+Place = tuple[str, int]  # a chunk's video and position
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,13 @@ def corpus_texts() -> list[Chunk]:
 
 
 @pytest.fixture(scope="module")
-def embedded() -> tuple[list[Chunk], npt.NDArray[np.float32]]:
+def embedder() -> TextEmbedder:
+    return TextEmbedder(EmbedderOptions(MODEL))
+
+
+@pytest.fixture(scope="module")
+def embedded(embedder: TextEmbedder) -> tuple[list[Chunk], npt.NDArray[np.float32]]:
     chunks = corpus_texts()
-    embedder = TextEmbedder(EmbedderOptions(MODEL))
     return chunks, embedder.encode([c.text for c in chunks])
 
 
@@ -133,13 +143,163 @@ async def test_a_rare_exact_word_comes_first(searcher: Searcher) -> None:
     assert "**" in hybrid[0].hit.snippet and "3094" in hybrid[0].hit.snippet
 
 
+def places(chunks: Sequence[Chunk]) -> list[Place]:
+    """Where `fill` stores each chunk: its video, numbered in corpus order within it."""
+    seen: Counter[int] = Counter()
+    found = []
+    for c in chunks:
+        found.append((f"v{c.video:02d}", seen[c.video]))
+        seen[c.video] += 1
+    return found
+
+
+def anywhere(place: Place) -> bool:
+    return True
+
+
+def on_odd_channel(place: Place) -> bool:
+    return int(place[0][1:]) % 2 == 1
+
+
+def by_meaning(
+    embedded: tuple[list[Chunk], npt.NDArray[np.float32]],
+    question: npt.NDArray[np.float32],
+    keep: Callable[[Place], bool] = anywhere,
+) -> list[tuple[Place, float]]:
+    """Every chunk by cosine similarity to `question`, computed over all of them in numpy,
+    ties (chunks of the same text) by video and position. Identical vectors are scored once,
+    so that their tie is exact here as it is in the database."""
+    chunks, vectors = embedded
+    unique, inverse = np.unique(vectors.astype(np.float64), axis=0, return_inverse=True)
+    norms = np.linalg.norm(unique, axis=1) * np.linalg.norm(question.astype(np.float64))
+    similarity = (unique @ question.astype(np.float64) / norms)[inverse.ravel()]
+    scored = [(-float(sim), p) for p, sim in zip(places(chunks), similarity, strict=True)]
+    return [(p, -neg) for neg, p in sorted(scored) if keep(p)]
+
+
 async def test_a_question_without_matching_words_still_finds_by_meaning(
     searcher: Searcher,
+    embedder: TextEmbedder,
+    embedded: tuple[list[Chunk], npt.NDArray[np.float32]],
 ) -> None:
-    results = await searcher.search("who discovered a hidden exploit", SearchOptions(k=10))
-    assert len(results) == 10
+    """The ten nearest chunks of a brute-force cosine similarity, in its order."""
+    question = "who discovered a hidden exploit"
+    results = await searcher.search(question, SearchOptions(k=10))
+    nearest = by_meaning(embedded, embedder.encode([question])[0])[:10]
+    assert [(r.hit.video_id, r.hit.seg_index) for r in results] == [p for p, _ in nearest]
+    assert [r.hit.similarity for r in results] == pytest.approx([s for _, s in nearest], abs=1e-5)
     assert all(r.hit.text_rank is None for r in results)  # no chunk has all those words
     assert [r.hit.vector_rank for r in results] == list(range(1, 11))
+
+
+@dataclass(frozen=True)
+class WordQuery:
+    """A query as typed, and what it means over this corpus's words, which each occur in one
+    form only ("memory", never "memories"): which chunks match, which words count."""
+
+    text: str
+    scored: tuple[str, ...]
+    matches: Callable[[Counter[str]], bool]
+
+
+def by_words(
+    chunks: Sequence[Chunk], query: WordQuery, keep: Callable[[Place], bool]
+) -> list[Place]:
+    """The README's ranking by words from the texts: most occurrences of the query's words
+    (none reaches the cap of 32 here) first, then by video and position."""
+    scored = []
+    for place, c in zip(places(chunks), chunks, strict=True):
+        counts = Counter(re.findall(r"[a-z0-9]+", c.text.lower()))
+        if keep(place) and query.matches(counts):
+            scored.append((-sum(counts[w] for w in query.scored), place))
+    return [place for _, place in sorted(scored)]
+
+
+@dataclass(frozen=True)
+class Fused:
+    place: Place
+    score: Fraction
+    vector_rank: int | None
+    text_rank: int | None
+
+
+def fused(vector: Sequence[Place], words: Sequence[Place]) -> list[Fused]:
+    """Reciprocal rank fusion: the sum of 1 / (k + rank) over the rankings holding the chunk;
+    ties go to the better word rank, then by video and position."""
+    vector_rank = {p: rank for rank, p in enumerate(vector, 1)}
+    text_rank = {p: rank for rank, p in enumerate(words, 1)}
+    found = []
+    for p in vector_rank.keys() | text_rank.keys():
+        ranks = (vector_rank.get(p), text_rank.get(p))
+        score = sum((Fraction(1, RRF_K + r) for r in ranks if r is not None), Fraction(0))
+        found.append(Fused(p, score, *ranks))
+    inf = float("inf")
+    return sorted(found, key=lambda f: (-f.score, f.text_rank or inf, f.place))
+
+
+def memory_leak_or_backdoor(n: Counter[str]) -> bool:
+    return bool((n["memory"] and n["leak"]) or n["backdoor"])
+
+
+def slow_ssh_login(n: Counter[str]) -> bool:
+    return bool(n["slow"] and n["ssh"] and n["login"])
+
+
+def patched_server(n: Counter[str]) -> bool:
+    return bool(n["patched"] and n["server"])  # the rare chunk alone
+
+
+def found_or_backdoor(n: Counter[str]) -> bool:
+    return bool(n["found"] or n["backdoor"])
+
+
+def in_v14(place: Place) -> bool:
+    return place[0] == "v14"
+
+
+HYBRID = [
+    (
+        WordQuery(
+            "memory leak or backdoor", ("memory", "leak", "backdoor"), memory_leak_or_backdoor
+        ),
+        SearchFilters(),
+        anywhere,
+    ),
+    (
+        WordQuery("a slow SSH login", ("slow", "ssh", "login"), slow_ssh_login),
+        SearchFilters(channel="odd"),
+        on_odd_channel,
+    ),
+    (WordQuery("patched server", ("patched", "server"), patched_server), SearchFilters(), anywhere),
+    # Chunks 0 and 3 of v14 are 1st and 2nd by meaning, 2nd and 1st by words: a tie.
+    (
+        WordQuery("found or backdoor", ("found", "backdoor"), found_or_backdoor),
+        SearchFilters(video_id="v14"),
+        in_v14,
+    ),
+]
+
+
+async def test_hybrid_scores_are_the_fused_reciprocal_ranks(
+    searcher: Searcher,
+    embedder: TextEmbedder,
+    embedded: tuple[list[Chunk], npt.NDArray[np.float32]],
+) -> None:
+    """Both rankings rebuilt outside the database (cosine similarity in numpy, word counts from
+    the texts), each cut at the rows it gives the fusion, and fused here."""
+    one_ranking = 0
+    for query, filters, keep in HYBRID:
+        options = SearchOptions(k=10, filters=filters)
+        n = SearchQuery(query.text, None, options.k).candidates
+        nearest = [p for p, _ in by_meaning(embedded, embedder.encode([query.text])[0], keep)]
+        want = fused(nearest[:n], by_words(embedded[0], query, keep)[:n])[:10]
+        hits = [r.hit for r in await searcher.search(query.text, options)]
+        assert [(h.video_id, h.seg_index, h.vector_rank, h.text_rank) for h in hits] == [
+            (*f.place, f.vector_rank, f.text_rank) for f in want
+        ], query.text
+        assert [h.score for h in hits] == pytest.approx([float(f.score) for f in want], rel=1e-12)
+        one_ranking += sum(None in (f.vector_rank, f.text_rank) for f in want)
+    assert one_ranking  # chunks only one ranking holds compete too
 
 
 async def test_a_narrow_filter_still_returns_k_with_the_index(

@@ -4,10 +4,11 @@ command line, 400s for what it cannot use, and a server that listens on localhos
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,11 +16,13 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from db.embedded import start_embedded, stop_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from ingest.infrastructure.config import Settings, load_settings
 from ingest.orchestration.serve import MAX_K, MAX_QUERY_CHARS, create_app
-from tests.conftest import create_database
+from tests.conftest import create_database, pg_folder
+from tests.observing import start
 from tests.test_search import MODEL, corpus_texts, fill
 from workers.embedder import EmbedderOptions, TextEmbedder
 
@@ -114,29 +117,53 @@ def test_status(client: TestClient) -> None:
     assert status["search"]["embedding_model"] == MODEL
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_the_command_serves_on_localhost(corpus_url: str, ingest_env: dict[str, str]) -> None:
     assert str(Settings.model_fields["serve_addr"].default).startswith("127.0.0.1:")
-    port = free_port()
     env = {**ingest_env, "DATABASE_URL": corpus_url, "INGEST_EMBEDDING_MODEL": MODEL}
-    command = [sys.executable, "-m", "ingest", "serve", "--addr", f"127.0.0.1:{port}"]
-    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    server = start(env, "serve", "--addr", "127.0.0.1:0")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
+        port = server.wait_for_event("api_serving")["port"]
+        answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
         assert answer.json() == {"ok": True}
     finally:
-        server.terminate()
-        server.communicate(timeout=30)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    # uvicorn shuts down cleanly, then ends by the signal it caught, as a service manager expects.
+    assert server.returncode == -signal.SIGTERM and "Traceback" not in err, err
+
+
+def test_a_busy_address_is_one_clear_line(ingest_env: dict[str, str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest", "serve", "--addr", addr],
+            env=ingest_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on {addr}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_database_is_a_503_with_a_json_error_until_it_is_back() -> None:
+    """What a load balancer or a client sees while the database is away: every endpoint
+    answers 503 with the reason as JSON (not a hang, not a crash), and once the database is back
+    the same server answers health and searches again, without a restart."""
+    pgdata = pg_folder() / "pgdata"
+    uri = start_embedded(pgdata)
+    settings = load_settings(database_url=uri, embedding_model=MODEL, device="cpu")
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            assert client.get("/health").json() == {"ok": True}
+            stop_embedded(pgdata)  # this test process holds the server's only handle
+            for path in ("/health", "/status", "/search?q=a+bug"):
+                down = client.get(path)
+                assert down.status_code == 503, (path, down.text)
+                assert down.headers["content-type"] == "application/json"
+                assert down.json()["error"].startswith("database unavailable: ")
+            assert start_embedded(pgdata) == uri
+            up = client.get("/health")
+            assert (up.status_code, up.json()) == (200, {"ok": True})
+            assert search(client, q="a bug") == (200, [])  # an empty corpus, searched
+    finally:
+        stop_embedded(pgdata)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)

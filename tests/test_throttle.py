@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import re
 import time
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.retry import Database
+from ingest.orchestration.backfill import publish_pause
 from ingest.sites.errors import Failure
 from ingest.sites.throttle import (
     Governor,
@@ -18,6 +28,8 @@ from ingest.sites.throttle import (
     Ticket,
     governed,
 )
+from tests.observing import Samples, value
+from tests.test_backfill import ingest
 
 pytestmark = pytest.mark.anyio
 
@@ -141,11 +153,14 @@ async def test_a_cancelled_probe_lets_the_next_request_probe() -> None:
     gov = governor()
     gov.throttled("x.org", SLOW_DOWN)
 
+    in_flight = asyncio.Event()
+
     async def hangs() -> None:
+        in_flight.set()
         await asyncio.sleep(60)
 
     probe = asyncio.create_task(governed(gov, "x.org", hangs))
-    await asyncio.sleep(1.2)  # the pause is over: the probe is in flight
+    await asyncio.wait_for(in_flight.wait(), 30)  # the pause is over: the probe is in flight
     probe.cancel()
     with pytest.raises(asyncio.CancelledError):
         await probe
@@ -330,3 +345,94 @@ async def test_a_broken_extractor_blocks_the_site_and_says_which_yt_dlp_to_repla
     assert (status.kind, status.blocked) == ("extractor_broken", True)
     with pytest.raises(SiteBlocked):  # the other videos are handed back untouched
         await gov.admit("youtube.com", hand_back=True)
+
+
+def exported(metrics: Metrics) -> Samples:
+    """Every sample of the registry as /metrics serves it, parsed back as a scraper reads it."""
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def too_many() -> str:
+    raise TooManyRequests
+
+
+async def fine() -> str:
+    return "ok"
+
+
+async def test_throttle_metrics_show_which_site_is_paused_how_often_and_for_how_long() -> None:
+    """What a dashboard shows of throttling: the site paused while it is, one pause per
+    throttling signal, and the seconds of the whole stretch (both pauses) once it resumes."""
+    now = [1000.0]
+    metrics = Metrics()
+    gov = Governor(ThrottleOptions(initial_s=60, jitter=0.0), metrics, clock=lambda: now[0])
+    with pytest.raises(SitePaused):
+        await governed(gov, "x.org", too_many, hand_back=True)
+    first = exported(metrics)
+    assert value(first, "ingest_throttle_paused", site="x.org") == 1
+    assert value(first, "ingest_throttle_pauses_total", site="x.org") == 1
+    assert (value(first, "ingest_throttle_paused_seconds_total", site="x.org") or 0) == 0
+    now[0] += 61  # the pause is over: the probe meets the throttling again
+    with pytest.raises(SitePaused):
+        await governed(gov, "x.org", too_many, hand_back=True)
+    again = exported(metrics)
+    assert value(again, "ingest_throttle_paused", site="x.org") == 1
+    assert value(again, "ingest_throttle_pauses_total", site="x.org") == 2
+    now[0] += 121  # the second pause (doubled: 120 s) is over, and the probe gets through
+    assert await governed(gov, "x.org", fine) == "ok"
+    after = exported(metrics)
+    assert value(after, "ingest_throttle_paused", site="x.org") == 0
+    assert value(after, "ingest_throttle_pauses_total", site="x.org") == 2
+    assert value(after, "ingest_throttle_paused_seconds_total", site="x.org") == 182
+    assert value(after, "ingest_throttle_paused", site="other.org") is None
+
+
+async def status_of(env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """What `ingest status` prints, as text and as --json."""
+    text = await asyncio.to_thread(ingest, env, "status")
+    as_json = await asyncio.to_thread(ingest, env, "status", "--json")
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    report: dict[str, Any] = json.loads(as_json.stdout)
+    return text.stdout, report
+
+
+async def test_status_lists_a_throttled_site_while_it_is_paused_and_not_after(
+    pool: asyncpg.Pool, ingest_env: dict[str, str]
+) -> None:
+    """`ingest status`, run anywhere, says which site throttles which process, why, and when it
+    resumes; once the site answers again the pause is gone (its row too, not only hidden)."""
+    now = [1000.0]
+    owner = "host-a:4242:5e1f"
+    publish = functools.partial(publish_pause, Database(pool), owner)
+    gov = Governor(ThrottleOptions(initial_s=60, jitter=0.0), clock=lambda: now[0], publish=publish)
+    with pytest.raises(SitePaused):
+        await governed(gov, "x.org", too_many, hand_back=True)
+    db_now: datetime = await pool.fetchval("SELECT now()")
+
+    text, report = await status_of(ingest_env)
+    (line,) = [line for line in text.splitlines() if "throttled" in line]
+    assert re.fullmatch(
+        rf"throttled by x\.org \({owner}, resumes at \d\d:\d\d:\d\d\): HTTP 429 Too Many Requests",
+        line,
+    ), line
+    (pause,) = report["paused_sites"]
+    assert {k: pause[k] for k in ("site", "owner", "kind", "reason", "pauses")} == {
+        "site": "x.org",
+        "owner": owner,
+        "kind": "throttled",
+        "reason": "HTTP 429 Too Many Requests",
+        "pauses": 1,
+    }
+    resume_in = (datetime.fromisoformat(pause["resume_at"]) - db_now).total_seconds()
+    assert resume_in == pytest.approx(60, abs=10)
+
+    now[0] += 61
+    assert await governed(gov, "x.org", fine) == "ok"  # the probe got through
+    after = await asyncio.to_thread(ingest, ingest_env, "status", "--json")
+    assert json.loads(after.stdout)["paused_sites"] == []
+    assert await pool.fetchval("SELECT count(*) FROM site_pauses") == 0

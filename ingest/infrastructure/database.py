@@ -12,7 +12,12 @@ from db.embedded import start_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
 from ingest.infrastructure.config import Settings
-from ingest.infrastructure.retry import RetryPolicy, is_connection_error, retry_transient
+from ingest.infrastructure.retry import (
+    DATABASE_ERRORS,
+    RetryPolicy,
+    is_connection_error,
+    retry_transient,
+)
 
 # A connection lost while starting (a restart, a flaky network) is tried again for a few seconds;
 # a database that stays away is reported then.
@@ -42,7 +47,7 @@ async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
             _STARTING, "database_connect", lambda: create_pool(dsn, max_size=8),
             is_connection_error,
         )  # fmt: skip
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     try:
         await _migrate(pool)

@@ -15,6 +15,7 @@ from ingest.infrastructure.config import ConfigError, Settings
 from ingest.infrastructure.endpoints import Endpoints, HealthCheck, health_check, parse_addr
 from ingest.infrastructure.gpu import GpuSampler
 from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.retry import DATABASE_ERRORS
 
 log = structlog.get_logger()
 FALLBACK_PORTS = 16  # after a busy default port: room for a replica per GPU of a large host
@@ -27,7 +28,7 @@ async def sample_videos(pool: asyncpg.Pool, metrics: Metrics, interval_s: float)
         try:
             async with pool.acquire() as conn:
                 counts = await count_by_status(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("status_sample_failed", error=str(exc))
         else:
             for status, count in counts.items():

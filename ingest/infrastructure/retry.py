@@ -28,15 +28,32 @@ class RetryPolicy:
     max_s: float = 60.0
 
 
+# What a database operation raises when the server or the connection fails under it. A server
+# shutting down can leave asyncpg's protocol waiting out an error that never completes, and the
+# next operation on that connection is refused with InternalClientError ("cannot switch to
+# state 12; another operation (2) is in progress"): a lost connection by another name.
+DATABASE_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+# The database went away (restart, network, a server shutting down), as opposed to refusing
+# what was asked of it.
+CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """The database went away (restart, network): worth waiting for."""
-    return isinstance(
-        exc,
-        OSError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.OperatorInterventionError,
-    )
+    return isinstance(exc, CONNECTION_ERRORS)
 
 
 def _log_retry(what: str) -> Callable[[RetryCallState], None]:

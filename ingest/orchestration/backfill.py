@@ -222,10 +222,15 @@ class RetryWait:
 
     async def busy(self) -> bool:
         """Whether videos of the plan are under way in other replicas: to be waited for."""
+        outcome = await self._outcome()
+        return outcome is not None and outcome.elsewhere > 0
+
+    async def _outcome(self) -> leases.Outcome | None:
+        """Where the planned videos stand; None for a run with no plan (`--limit`)."""
         if self.planned is None:
-            return False
+            return None
         where = functools.partial(leases.outcome, ids=self.planned, owner=self.run.claims.owner)
-        return (await self.run.db.run(where)).elsewhere > 0
+        return await self.run.db.run(where)
 
     async def _wait_for_others(self) -> int:
         """While videos of the plan are under way in other replicas: waits until some come back
@@ -233,12 +238,11 @@ class RetryWait:
         returns how many, or until none is left elsewhere. A backfill's exit 0 says the work is
         done, not that someone else was doing it."""
         run, stop = self.run, self.run.shutdown.requested
-        if self.planned is None:
-            return 0
-        where = functools.partial(leases.outcome, ids=self.planned, owner=run.claims.owner)
         waited = False
         while not stop.is_set():
-            outcome = await run.db.run(where)
+            outcome = await self._outcome()
+            if outcome is None:
+                return 0
             if waited and outcome.left:
                 return outcome.left
             if not outcome.elsewhere:

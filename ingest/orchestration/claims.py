@@ -158,6 +158,11 @@ class Claims:
     async def live_owners(self) -> set[str]:
         return await self.db.run(workers.live_owners)
 
+    async def remove_dead_audio(self, base: Path) -> list[Path]:
+        """The downloads left by processes whose heartbeat stopped, removed off the event loop
+        (a shared disk can be slow to walk)."""
+        return await asyncio.to_thread(remove_dead_audio, base, await self.live_owners())
+
     async def hand_back_dead(self) -> int:
         """Ends the leases of processes whose heartbeat stopped, so that their videos are taken
         over now, wherever those processes ran."""

@@ -323,7 +323,7 @@ def _paused(pause: SitePause) -> str:
         return f"broken {pause.site} ({pause.owner}): {pause.reason}; {pause.fix}"
     if pause.kind == "needs_user":
         return f"paused {pause.site} ({pause.owner}): {pause.reason}; {pause.fix}"
-    resume = f", resumes at {pause.resume_at:%H:%M:%S}" if pause.resume_at else ""
+    resume = f", resumes at {pause.resume_at.astimezone():%H:%M:%S}" if pause.resume_at else ""
     return f"throttled by {pause.site} ({pause.owner}{resume}): {pause.reason}"
 
 

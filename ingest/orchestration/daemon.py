@@ -15,7 +15,6 @@ from db.leases import ClaimRules
 from ingest.infrastructure.config import Settings, parse_interval
 from ingest.infrastructure.shutdown import Shutdown
 from ingest.orchestration.backfill import closed, new_ledger, open_sources, session
-from ingest.orchestration.claims import remove_dead_audio
 from ingest.orchestration.discovery import ListingPlan, discover
 from ingest.orchestration.runner import Session, run_jobs
 from ingest.orchestration.search import search_upkeep
@@ -43,7 +42,7 @@ async def poll(
             await discover(sources, run, plan)
             next_listing = time.monotonic() + interval_s
             ledger.returned.clear()
-        remove_dead_audio(run.settings.audio_dir, await run.claims.live_owners())
+        await run.claims.remove_dead_audio(run.settings.audio_dir)
         took = 0
         async for job in run.claims.jobs(
             keys, stop, returned=ledger.returned, closed=closed(run.governor)

@@ -52,6 +52,7 @@ from ingest.infrastructure.models import (
     load_embedder,
     load_voice,
 )
+from ingest.infrastructure.retry import DATABASE_ERRORS
 from ingest.sites.ytdlp_options import ytdlp_params
 from ingest.sites.ytdlp_version import installed_release
 
@@ -182,7 +183,7 @@ async def check_database(settings: Settings) -> list[Check]:
         return [_not_connected(dsn, exc)]
     try:
         return [ok("database", f"connected to {where}"), *await _inspect(conn)]
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         error = describe_error(exc)
         return [fail("database", f"connected, then a query failed: {error}", "see the server log")]
     finally:

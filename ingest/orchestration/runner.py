@@ -15,7 +15,7 @@ from ingest.infrastructure.config import Settings
 from ingest.infrastructure.models import load_models
 from ingest.infrastructure.retry import Database
 from ingest.infrastructure.shutdown import Shutdown
-from ingest.orchestration.claims import Claims, audio_dir_of, remove_dead_audio
+from ingest.orchestration.claims import Claims, audio_dir_of
 from ingest.orchestration.pipeline import Pipeline, PipelineOptions
 from ingest.orchestration.speakers import load_profiles
 from ingest.sites.errors import site_of
@@ -73,7 +73,7 @@ async def run_jobs(
     )
     embedder = models.embedder
     await db.run(lambda conn: ensure_embedding_model(conn, embedder.name, embedder.dimension))
-    remove_dead_audio(settings.audio_dir, await claims.live_owners())
+    await claims.remove_dead_audio(settings.audio_dir)
     options = PipelineOptions.from_settings(settings)
     audio_dir = audio_dir_of(settings.audio_dir, claims.owner)
     options = replace(options, download=replace(options.download, audio_dir=audio_dir))

@@ -2,17 +2,20 @@
 
 GET /search takes the options of `ingest search` as query parameters and answers the same JSON
 as `ingest search --json`; GET /status sums up the corpus; GET /health says whether the
-database answers. Bad parameters are a 400 with {"error": "..."}.
+database answers. Bad parameters are a 400 with {"error": "..."}; while the database cannot
+be reached, every endpoint is a 503 with {"error": "database unavailable: ..."}.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,6 +25,7 @@ from db.corpus import SEARCH_INDEX
 from db.search import pgvector_version, search_language
 from db.videos import status_summary
 from ingest.infrastructure.config import ConfigError, Settings
+from ingest.infrastructure.retry import CONNECTION_ERRORS, DATABASE_ERRORS
 from ingest.orchestration.search import Searcher, SearchOptions, open_searcher, search_options
 
 # Limits per request: the work of a search grows with k, and an embedding model reads only its
@@ -31,6 +35,7 @@ MAX_QUERY_CHARS = 500
 _PARAMS = frozenset(
     {"q", "k", "mode", "speaker", "channel", "source", "video", "after", "before", "one_per_video"}
 )
+log = structlog.get_logger()
 _TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no", ""})
 
 
@@ -135,7 +140,7 @@ async def health_endpoint(request: Request) -> JSONResponse:
     try:
         async with searcher.pool.acquire(timeout=5) as conn:
             await conn.fetchval("SELECT 1")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, *DATABASE_ERRORS) as exc:
         return _error(503, f"database unavailable: {exc}")
     return JSONResponse({"ok": True})
 
@@ -152,13 +157,34 @@ def create_app(settings: Settings) -> Starlette:
         Route("/status", status_endpoint, methods=["GET"]),
         Route("/health", health_endpoint, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    unavailable = dict.fromkeys((TimeoutError, *CONNECTION_ERRORS), _database_unavailable)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=unavailable)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Any endpoint, while the database cannot be reached: a 503 the client may retry."""
+    return _error(503, f"database unavailable: {exc}")
 
 
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    host, _, port = settings.serve_addr.rpartition(":")
+    listening = _listen(settings.serve_addr)
+    host, port = listening.getsockname()[:2]
+    log.info("api_serving", addr=f"{host}:{port}", port=port)
+    config = uvicorn.Config(create_app(settings), log_level="warning")
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(addr: str) -> socket.socket:
+    """The API's socket, bound here rather than by uvicorn so that the port the system chose
+    for port 0 is known (and logged) and a busy address is a clear error."""
+    host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"invalid INGEST_SERVE_ADDR {settings.serve_addr!r}: use host:port")
-    uvicorn.run(create_app(settings), host=host.strip("[]"), port=int(port), log_level="warning")
+        raise ConfigError(f"invalid INGEST_SERVE_ADDR {addr!r}: use host:port")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, int(port)), family=family)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}") from exc

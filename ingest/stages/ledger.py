@@ -121,6 +121,7 @@ class Ledger:
         self.metrics.failures.labels(stage, error_kind(exc)).inc()
         self.counters.failed += 1
         self.failures.append((job.video_id, error))
+        self._log_progress()
 
     async def skipped(self, job: VideoJob, reason: str) -> None:
         self.ended(job)
@@ -203,11 +204,15 @@ class Ledger:
             self.counters.done += 1
             self.counters.audio_seconds += video.duration_s
             self.counters.chunks += len(video.chunks)
-            if (eta := self.eta_s()) is not None:
-                log.info("progress", done=self.counters.done, total=self.counters.total,
-                         eta_s=round(eta))  # fmt: skip
+            self._log_progress()
             self.metrics.audio.inc(video.duration_s)
             self.metrics.speaker_paths.labels(video.speakers.path).inc()
+
+    def _log_progress(self) -> None:
+        """As each video ends, done or failed: the estimate, for a run without a terminal."""
+        if (eta := self.eta_s()) is not None:
+            log.info("progress", done=self.counters.done, failed=self.counters.failed,
+                     total=self.counters.total, eta_s=round(eta))  # fmt: skip
 
 
 def failure_class(stage: str, exc: BaseException, job: VideoJob) -> str:
