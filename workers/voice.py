@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -21,6 +23,17 @@ class VoiceOptions:
     savedir: Path  # where speechbrain keeps (links to) the model's files
     device: str = "cpu"
     batch_size: int = 32
+
+
+@contextmanager
+def _alone_in(savedir: Path) -> Iterator[None]:
+    """speechbrain links the model's files into `savedir`; processes sharing a data folder that
+    load the model at the same moment (replicas started together) would race to create the same
+    links and fail with FileExistsError. A lock file beside it takes them one at a time."""
+    savedir.parent.mkdir(parents=True, exist_ok=True)
+    with open(savedir.parent / f".{savedir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -45,12 +58,13 @@ class VoiceEncoder:
         # would try to download unless pointed back at itself.
         overrides = {"pretrained_path": str(local.resolve())} if local.is_dir() else {}
         source = str(local.resolve()) if local.is_dir() else options.model
-        self._model: Any = EncoderClassifier.from_hparams(
-            source=source,
-            savedir=str(options.savedir),
-            run_opts={"device": options.device},
-            overrides=overrides,
-        )
+        with _alone_in(options.savedir):
+            self._model: Any = EncoderClassifier.from_hparams(
+                source=source,
+                savedir=str(options.savedir),
+                run_opts={"device": options.device},
+                overrides=overrides,
+            )
         if self._model is None:
             raise ValueError(f"{options.model} is not a speechbrain speaker model")
 
