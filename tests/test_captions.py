@@ -600,7 +600,7 @@ async def test_a_video_with_captions_or_without(
         finally:
             downloader.close()
 
-    assert list(ledger.failures) == []
+    assert list(ledger.failures.items()) == []
     assert audio.path is not None and audio.path.exists()  # speakers need the audio either way
     assert (audio.captions and audio.captions.source) == captions
     unavailable = [entry for entry in logs if entry["event"] == "captions_unavailable"]

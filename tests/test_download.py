@@ -68,7 +68,7 @@ async def test_downloads_16k_mono_wav_and_records_failures(
     assert audio.job.video_id == "ok" and audio.owned and audio.path
     assert audio.path.name == f"{audio_stem('ok')}.wav"
     assert len(decode_audio(audio.path)) > 16000
-    assert ledger.failures[0][0] == "gone" and "404" in ledger.failures[0][1]
+    assert list(ledger.failures) == ["gone"] and "404" in ledger.failures["gone"]
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, status, attempts FROM videos ORDER BY id")
     assert [tuple(r) for r in rows] == [("gone", "failed", 0), ("ok", "discovered", 0)]

@@ -85,7 +85,7 @@ async def test_a_failing_diarization_fails_only_its_video(
     assert [name for name, _ in video.timings] == [
         "download", "decode", "vad", "speaker_check", "transcribe", "diarize"
     ]  # fmt: skip
-    assert list(ledger.failures) == [("long", "diarize: diarization crashed")]
+    assert list(ledger.failures.items()) == [("long", "diarize: diarization crashed")]
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT error FROM videos WHERE id = 'long'") == (
             "diarize: diarization crashed"

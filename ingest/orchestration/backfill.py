@@ -318,7 +318,7 @@ def _result(
         audio_seconds=c.audio_seconds,
         chunks=c.chunks,
         elapsed_s=time.perf_counter() - started,
-        failures=tuple(ledger.failures),
+        failures=tuple(ledger.failures.items()),
         source_failures=tuple(source_failures),
         sites=tuple(run.governor.status()),
         outcome=outcome,

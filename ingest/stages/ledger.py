@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -69,9 +68,11 @@ class Ledger:
         self.in_flight: set[VideoJob] = set()
         self.counters = RunCounters(total=total)
         self.metrics = metrics or Metrics()
-        # (video id, error), in order of failure; a daemon keeps the latest only: it runs for
-        # months, and the database has them all.
-        self.failures: deque[tuple[str, str]] = deque(maxlen=keep_failures)
+        # The latest error of each video that failed and was not done since, oldest first: a
+        # retry that heals a video takes it off. A daemon keeps the latest `keep_failures`
+        # only: it runs for months, and the database has them all.
+        self.failures: dict[str, str] = {}
+        self._keep_failures = keep_failures
         self.returned: set[str] = set()  # videos handed back, not to be claimed again this run
         # Every video this run took; a daemon's ledger (`keep_failures` set: it runs for
         # months) keeps no such per-video memory.
@@ -120,8 +121,14 @@ class Ledger:
         self.metrics.items.labels(stage, "failed").inc()
         self.metrics.failures.labels(stage, error_kind(exc)).inc()
         self.counters.failed += 1
-        self.failures.append((job.video_id, error))
+        self._remember_failure(job.video_id, error)
         self._log_progress()
+
+    def _remember_failure(self, video_id: str, error: str) -> None:
+        self.failures.pop(video_id, None)
+        self.failures[video_id] = error
+        if self._keep_failures is not None and len(self.failures) > self._keep_failures:
+            del self.failures[next(iter(self.failures))]
 
     async def skipped(self, job: VideoJob, reason: str) -> None:
         self.ended(job)
@@ -193,6 +200,7 @@ class Ledger:
     def done(self, finished: Sequence[TranscribedVideo]) -> None:
         for video in finished:
             self.ended(video.job)
+            self.failures.pop(video.job.video_id, None)
             log.info(
                 "video_done",
                 video_id=video.job.video_id,
