@@ -65,6 +65,14 @@ def pg_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="ingest-test-pg-"))
 
 
+@pytest.fixture
+def outside_data_dir() -> Iterator[Path]:
+    """A data dir for the embedded PostgreSQL, where its user can reach it (see `pg_folder`)."""
+    folder = pg_folder()
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_uri() -> Iterator[str]:
     """URI of a real PostgreSQL 16 + pgvector for the whole session."""

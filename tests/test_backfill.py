@@ -228,16 +228,16 @@ def test_a_model_that_cannot_load_exits_2(
 
 @pytest.mark.anyio
 async def test_embedded_database_by_default(
-    site: tuple[Path, str], ingest_env: dict[str, str], tmp_path: Path
+    site: tuple[Path, str], ingest_env: dict[str, str], outside_data_dir: Path
 ) -> None:
     folder, base_url = site
     feed = write_feed(folder, base_url, CHANNEL[:2])
     env = {k: v for k, v in ingest_env.items() if k != "DATABASE_URL"}
-    env["INGEST_DATA_DIR"] = str(tmp_path / "embedded")
+    env["INGEST_DATA_DIR"] = str(outside_data_dir)
 
     result = ingest(env, "backfill", feed)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "embedded" / "pgdata" / "PG_VERSION").exists()
+    assert (outside_data_dir / "pgdata" / "PG_VERSION").exists()
     status = json.loads(ingest(env, "status", "--json").stdout)
     assert status["counts"]["done"] == 2 and status["chunks"] >= 2
     found = ingest(env, "search", "planning meeting", "-k", "1")

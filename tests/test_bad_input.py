@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from ingest.stages.sources import SourceError, list_source, source_key
 from tests.conftest import Speech
 from tests.feeds import Item, serve, write_feed
 from tests.speech import wav_seconds
@@ -194,3 +195,14 @@ def test_very_long_audio_is_refused_before_it_is_decoded(
     assert videos["thirteen-hours"]["error"] == (
         "decode: too long: 46800 s of audio, INGEST_MAX_DURATION is 43200 s"
     )
+
+
+@pytest.mark.parametrize(
+    "source", ["~no-such-user-here/talks", "x" * 300, "talk\x00.wav"], ids=["user", "long", "nul"]
+)
+def test_a_source_no_file_system_can_hold_is_not_a_local_path(source: str) -> None:
+    """Named in `ingest search --source` or a backfill: kept as given, or refused as a source
+    with a clear message, never a crash in the file system's calls."""
+    assert source_key(source) == source
+    with pytest.raises(SourceError, match="neither an existing file or folder nor a URL"):
+        list_source(source)

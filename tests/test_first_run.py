@@ -27,14 +27,14 @@ from workers.clustering import ClusteringDiarizer
 DEFAULT_METRICS = Settings.model_fields["metrics_addr"].default
 
 
-def first_run_env(ingest_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+def first_run_env(ingest_env: dict[str, str], tmp_path: Path, data_dir: Path) -> dict[str, str]:
     """Default settings on a machine without a token: the embedded database, the default
     metrics address and diarizer, an empty Hugging Face home (no stored token, nothing cached).
     Only the models are local stand-ins, because the hub cannot be reached from tests."""
     unset = ("DATABASE_URL", "INGEST_METRICS_ADDR", "INGEST_DIARIZATION_MODEL", "HF_TOKEN")
     env = {k: v for k, v in ingest_env.items() if k not in unset}
     (tmp_path / "hf-home").mkdir()
-    return {**env, "HF_HOME": str(tmp_path / "hf-home"), "INGEST_DATA_DIR": str(tmp_path / "data")}
+    return {**env, "HF_HOME": str(tmp_path / "hf-home"), "INGEST_DATA_DIR": str(data_dir)}
 
 
 def events(stderr: str, name: str) -> list[dict[str, object]]:
@@ -107,10 +107,10 @@ ONE_AT_A_TIME = {"INGEST_DOWNLOAD_WORKERS": "1", "INGEST_AUDIO_QUEUE_SIZE": "1"}
 @pytest.mark.timing
 @pytest.mark.anyio
 async def test_two_first_runs_at_once_without_a_token(
-    crowded: Path, ingest_env: dict[str, str], tmp_path: Path
+    crowded: Path, ingest_env: dict[str, str], tmp_path: Path, outside_data_dir: Path
 ) -> None:
     folder, videos = crowded, 4 + SHORT_COPIES
-    env = {**first_run_env(ingest_env, tmp_path), **ONE_AT_A_TIME}
+    env = {**first_run_env(ingest_env, tmp_path, outside_data_dir), **ONE_AT_A_TIME}
     with default_port_taken():
         runs = [start(env, "backfill", str(folder)) for _ in range(2)]
         outputs = [run.communicate(timeout=240) for run in runs]
@@ -126,7 +126,7 @@ async def test_two_first_runs_at_once_without_a_token(
 
     done = [int(stdout.split(" done")[0]) for stdout, _ in outputs]
     assert sum(done) == videos and min(done) >= 1, done  # between them, each video once
-    rows = await video_rows(tmp_path / "data" / "pgdata")
+    rows = await video_rows(outside_data_dir / "pgdata")
     assert len(rows) == videos
     assert all((r["status"], r["attempts"], r["speaker_path"]) == ("done", 1, "full") for r in rows)
 
@@ -137,9 +137,9 @@ async def test_two_first_runs_at_once_without_a_token(
 
 
 def test_asking_for_pyannote_without_access_is_one_clear_line(
-    speech: Speech, ingest_env: dict[str, str], tmp_path: Path
+    speech: Speech, ingest_env: dict[str, str], tmp_path: Path, outside_data_dir: Path
 ) -> None:
-    env = {**first_run_env(ingest_env, tmp_path), "INGEST_DIARIZER": "pyannote"}
+    env = {**first_run_env(ingest_env, tmp_path, outside_data_dir), "INGEST_DIARIZER": "pyannote"}
     result = ingest(env, "backfill", str(speech.short))
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -203,9 +203,13 @@ CHOOSE = (
     ],
 )
 def test_which_diarizer_runs_and_why(
-    given: dict[str, str], expected: str, ingest_env: dict[str, str], tmp_path: Path
+    given: dict[str, str],
+    expected: str,
+    ingest_env: dict[str, str],
+    tmp_path: Path,
+    outside_data_dir: Path,
 ) -> None:
-    env = {**first_run_env(ingest_env, tmp_path), **given}
+    env = {**first_run_env(ingest_env, tmp_path, outside_data_dir), **given}
     if env.pop("cached", None):
         cached_pyannote(tmp_path / "hf-home")
     if env.get("INGEST_DIARIZATION_MODEL") == "local":

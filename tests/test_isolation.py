@@ -51,11 +51,11 @@ def test_settings_in_a_test_do_not_read_the_repository_dotenv(
 
 
 def test_a_process_without_a_database_url_uses_the_embedded_one_not_the_dotenv(
-    dotenv_in_the_repository: Path, ingest_env: dict[str, str], tmp_path: Path
+    dotenv_in_the_repository: Path, ingest_env: dict[str, str], outside_data_dir: Path
 ) -> None:
     env = {k: v for k, v in ingest_env.items() if k != "DATABASE_URL"}
-    env["INGEST_DATA_DIR"] = str(tmp_path / "embedded")
+    env["INGEST_DATA_DIR"] = str(outside_data_dir)
     result = ingest(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)["counts"].values()) == {0}
-    assert (tmp_path / "embedded" / "pgdata" / "PG_VERSION").exists()
+    assert (outside_data_dir / "pgdata" / "PG_VERSION").exists()

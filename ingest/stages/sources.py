@@ -51,8 +51,18 @@ class ListedVideo:
 def source_key(source: str) -> str:
     """How a source's listing is stored: a local path made absolute (the same folder named
     from elsewhere is the same source), anything else as given."""
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else source
+    path = local_path(source)
+    return str(path.resolve()) if path is not None else source
+
+
+def local_path(source: str) -> Path | None:
+    """The existing file or folder a source names, or None: a `~user` that does not exist or a
+    name too long for the file system names no file either."""
+    try:
+        path = Path(source).expanduser()
+        return path if path.exists() else None
+    except (RuntimeError, OSError, ValueError):
+        return None
 
 
 def list_source(
@@ -65,8 +75,8 @@ def list_source(
     """Blocking: every video of one source (or of a URL's, only the `first` few: yt-dlp then
     fetches only the pages it needs), without duplicates, in the source's order. `ytdlp`: yt-dlp
     options of the user's (cookies, pacing, extractor arguments)."""
-    path = Path(source).expanduser()
-    if path.exists():
+    path = local_path(source)
+    if path is not None:
         videos = list(_list_local(path))
     elif "://" in source:
         options = {**(ytdlp or {}), **({"playlist_items": f"1:{first}"} if first else {})}
