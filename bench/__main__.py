@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bench import claims, downloads, gpu, models, pipeline, search, sink
+from bench import claims, downloads, export, gpu, models, pipeline, search, sink
 from bench.database import server
 from bench.results import Figure, show, write
 from ingest.infrastructure.logging import configure_logging
@@ -17,8 +17,9 @@ from ingest.infrastructure.logging import configure_logging
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 NAMES = ("pipeline", "memory", "sink", "claims", "downloads", "models", "gpu")
-# Run only when named: its 200,000-chunk corpus and index build take many minutes.
-ON_REQUEST = ("search",)
+# Run only when named: their corpora (200,000 chunks and an index build; a million chunks)
+# take many minutes.
+ON_REQUEST = ("search", "export")
 
 
 def _run(name: str, quick: bool, uri: str, videos: int | None = None) -> list[Figure]:
@@ -32,6 +33,8 @@ def _run(name: str, quick: bool, uri: str, videos: int | None = None) -> list[Fi
         return claims.claims(uri, quick)
     if name == "search":
         return search.search(uri, quick)
+    if name == "export":
+        return export.export(uri, quick)
     if name == "downloads":
         return downloads.downloads(files=10 if quick else 30, rate=100_000)
     if name == "models":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
 
@@ -9,11 +11,14 @@ class EmbeddingModelMismatch(Exception):
     """The database holds vectors of another model: mixing them would make search meaningless."""
 
 
+_CORPUS_MODEL = "SELECT embedding_model, embedding_dim, previous_model FROM corpus"
+
+
 async def ensure_embedding_model(conn: asyncpg.Connection, model: str, dim: int) -> None:
     """Records the model on first use and types the vector column; refuses a different model."""
     async with conn.transaction():
         await conn.execute("LOCK TABLE corpus IN EXCLUSIVE MODE")
-        row = await conn.fetchrow("SELECT embedding_model, embedding_dim FROM corpus")
+        row = await conn.fetchrow(_CORPUS_MODEL)
         if row is None:
             await conn.execute(
                 "INSERT INTO corpus (embedding_model, embedding_dim) VALUES ($1, $2)", model, dim
@@ -22,11 +27,39 @@ async def ensure_embedding_model(conn: asyncpg.Connection, model: str, dim: int)
             await conn.execute(f"ALTER TABLE segments ALTER COLUMN embedding TYPE vector({dim:d})")
             return
         if (row["embedding_model"], row["embedding_dim"]) != (model, dim):
+            if row["previous_model"] == model:
+                raise EmbeddingModelMismatch(
+                    f"the corpus was re-embedded from {model} to {row['embedding_model']}: "
+                    f"set INGEST_EMBEDDING_MODEL={row['embedding_model']}"
+                )
             raise EmbeddingModelMismatch(
                 f"the database holds {row['embedding_dim']}-d embeddings of "
                 f"{row['embedding_model']}, but the configured model is {model} ({dim}-d); "
                 "use that model or another database"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusModel:
+    """The model the corpus's vectors come from, and the one a re-embedding replaced."""
+
+    model: str
+    dim: int
+    previous: str | None = None
+
+
+async def corpus_model(conn: asyncpg.Connection) -> CorpusModel | None:
+    """None until the first model is recorded."""
+    row = await conn.fetchrow(_CORPUS_MODEL)
+    return None if row is None else CorpusModel(*row)
+
+
+async def pinned_corpus_model(conn: asyncpg.Connection) -> CorpusModel | None:
+    """The corpus's model, which cannot change until `conn`'s transaction ends: a switch of
+    models needs `segments` exclusively, so the vectors a query of this transaction reads are
+    of this model."""
+    await conn.execute("LOCK TABLE segments IN ACCESS SHARE MODE")
+    return await corpus_model(conn)
 
 
 async def recorded_embedding_model(conn: asyncpg.Connection) -> str | None:

@@ -19,8 +19,9 @@ _COLUMNS = (
     "text", "embedding",
 )  # fmt: skip
 
+# One per dimension: a table made before the corpus switched models has the old vector type.
 _STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS segments_staging"
+    "CREATE TEMP TABLE IF NOT EXISTS segments_staging_{dim:d}"
     " (LIKE segments INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 
@@ -33,7 +34,7 @@ INSERT INTO segments AS s
      embedding)
 SELECT video_id, seg_index, start_s, end_s, speaker, speaker_confidence, speakers, text,
        embedding
-FROM segments_staging
+FROM segments_staging_{dim:d}
 ON CONFLICT (video_id, seg_index) DO UPDATE SET
     start_s = EXCLUDED.start_s, end_s = EXCLUDED.end_s, speaker = EXCLUDED.speaker,
     speaker_confidence = EXCLUDED.speaker_confidence, speakers = EXCLUDED.speakers,
@@ -64,6 +65,15 @@ FROM unnest($1::text[], $2::float8[], $3::integer[], $4::text[], $5::text[], $6:
           speaker_path, similarity, spread, reason, source)
 WHERE v.id = d.id
 """
+
+
+class CorpusModelChanged(Exception):
+    """The corpus switched to another embedding model since these vectors were made: they would
+    be meaningless beside its own. Nothing was written; embed the batch with `model` again."""
+
+    def __init__(self, model: str, made_with: str) -> None:
+        super().__init__(f"the corpus now uses {model}; these vectors come from {made_with}")
+        self.model = model
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,7 @@ async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVide
     if not await conn.fetchval(_ANY_STORED, ids):
         try:
             async with conn.transaction():
+                await _same_model(conn, videos)
                 kept, already = await _still_held(conn, videos)
                 records = _records(kept)
                 await conn.copy_records_to_table("segments", records=records, columns=_COLUMNS)
@@ -144,11 +155,14 @@ async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVide
         except asyncpg.UniqueViolationError:
             pass
     async with conn.transaction():
+        dim = await _same_model(conn, videos)
         kept, already = await _still_held(conn, videos)
         records = _records(kept)
-        await conn.execute(_STAGING)
-        await conn.copy_records_to_table("segments_staging", records=records, columns=_COLUMNS)
-        written = _row_count(await conn.execute(_UPSERT))
+        await conn.execute(_STAGING.format(dim=dim))
+        await conn.copy_records_to_table(
+            f"segments_staging_{dim:d}", records=records, columns=_COLUMNS
+        )
+        written = _row_count(await conn.execute(_UPSERT.format(dim=dim)))
         kept_ids = [v.video_id for v in kept]
         deleted = _row_count(
             await conn.execute(_DELETE_STALE, kept_ids, [len(v.chunks) for v in kept])
@@ -156,6 +170,20 @@ async def write_finished(conn: asyncpg.Connection, videos: Sequence[FinishedVide
         await _mark_done(conn, kept)
     lost = _lost(videos, kept, already)
     return WriteResult(len(kept), len(records), written, deleted, lost, already)
+
+
+async def _same_model(conn: asyncpg.Connection, videos: Sequence[FinishedVideo]) -> int:
+    """The corpus's dimension (0 before any model is recorded), once the videos' vectors are
+    known to be of its model. FOR SHARE: a switch of models waits for this transaction, and one
+    under way holds this read until it ends, which then finds the new model."""
+    row = await conn.fetchrow("SELECT embedding_model, embedding_dim FROM corpus FOR SHARE")
+    if row is None:
+        return 0
+    for video in videos:
+        if video.embedding_model != row["embedding_model"]:
+            raise CorpusModelChanged(row["embedding_model"], video.embedding_model)
+    dim: int = row["embedding_dim"]
+    return dim
 
 
 async def _still_held(

@@ -20,6 +20,10 @@ import asyncpg
 from db.search_filters import Params, SearchFilters, filter_clause
 
 MAX_COUNT = 32  # as in migrations/010_word_counts.sql
+# The longest lexeme PostgreSQL holds, in bytes. A word's count tokens ("32:word") must fit too:
+# a longer word (over 2,043 bytes: no word of a language) is matched by the query as it stands,
+# but not counted, so that ranking by words never asks PostgreSQL for a lexeme it cannot hold.
+MAX_LEXEME_BYTES = 2046
 # The most lookups one step may union (each costs a GIN descent); a query needing more, of many
 # words that are all common, ranks a sample of its matches instead.
 MAX_LOOKUPS = 200
@@ -43,7 +47,7 @@ FROM generate_subscripts($1::text[], 1) AS i ORDER BY i"""
 @dataclass(frozen=True, slots=True)
 class Words:
     tsquery: str  # as PostgreSQL writes it
-    words: tuple[str, ...]  # its lexemes, except those directly negated
+    words: tuple[str, ...]  # its lexemes, except those directly negated or too long to count
     required: bool  # every match holds every word: no OR and no NOT anywhere
 
 
@@ -65,11 +69,17 @@ def parse_words(tsquery: str) -> Words:
             i += 1
             continue
         lexeme, i = _read_lexeme(tsquery, i + 1)
-        if not operators.rstrip(" ").endswith("!") and lexeme not in words:
+        negated = operators.rstrip(" ").endswith("!")
+        if not negated and countable(lexeme) and lexeme not in words:
             words.append(lexeme)
         operators += " "
     required = "|" not in operators and "!" not in operators
     return Words(tsquery, tuple(words), required)
+
+
+def countable(lexeme: str) -> bool:
+    """Whether the lexeme's count tokens, up to MAX_COUNT, fit in PostgreSQL's lexeme."""
+    return len(f"{MAX_COUNT}:{lexeme}".encode()) <= MAX_LEXEME_BYTES
 
 
 def _read_lexeme(text: str, i: int) -> tuple[str, int]:

@@ -1,3 +1,3 @@
-from ingest.orchestration.cli import main
+from ingest.faces.cli import main
 
 main()

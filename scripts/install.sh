@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything ingest needs on a Debian/Ubuntu machine: system packages (ffmpeg for audio;
 # for the test suite espeak-ng and sox for synthetic speech, prometheus to check the dashboard's
-# queries, docker-compose to validate the compose file) and the Python environment in .venv.
+# queries, docker-compose to validate the compose file, chromium and its driver for the search
+# page's browser tests) and the Python environment in .venv.
 # With an NVIDIA driver present the normal CUDA wheels are installed; otherwise a CPU-only stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,10 @@ PYTHON=${PYTHON:-python3}
 
 install_system_packages() {
     local missing=()
-    for cmd in ffmpeg espeak-ng sox prometheus docker-compose; do
+    for cmd in ffmpeg espeak-ng sox prometheus docker-compose chromium; do
         command -v "$cmd" >/dev/null || missing+=("$cmd")
     done
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     [ ${#missing[@]} -eq 0 ] && return
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -10,9 +10,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
 from db.embedded import start_embedded, stop_embedded
 from db.migrate import apply_migrations
@@ -51,6 +53,21 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name not in keep:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def uncached_loggers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A command run in-process configures logging as a process does, which caches each logger
+    on first use: every later test's `capture_logs` would then see nothing. Here loggers are
+    never cached, and each test starts from structlog's defaults."""
+    configure = structlog.configure
+
+    def without_cache(**options: Any) -> None:
+        configure(**{**options, "cache_logger_on_first_use": False})
+
+    monkeypatch.setattr(structlog, "configure", without_cache)
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.export import export
+
 
 def test_the_benchmarks_run_and_report_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
@@ -33,3 +35,12 @@ def test_the_benchmarks_run_and_report_every_figure(tmp_path: Path) -> None:
         "audio hours per hour, 1536-d embeddings",
     ]
     assert all(f["detail"]["videos"] >= 3 for f in end_to_end)
+
+
+def test_the_export_benchmark_runs_and_its_memory_stays_flat(pg_uri: str) -> None:
+    figures = export(pg_uri, quick=True)
+    assert [f.bench for f in figures] == ["export"] * 6
+    assert all(f.value is not None and f.value > 0 for f in figures)
+    # A leak in the number of chunks would triple the peak; flat is about 1.
+    ratios = [f.value for f in figures if "peak RSS" in f.name]
+    assert len(ratios) == 3 and all(r is not None and r < 1.5 for r in ratios), ratios

@@ -23,11 +23,7 @@ import pynvml
 import pytest
 import torch
 
-from ingest.infrastructure.config import Settings, cuda_device_count
-from ingest.infrastructure.gpu import GpuSampler
-from ingest.infrastructure.metrics import Metrics
-from ingest.infrastructure.models import AsrEngineChoice
-from ingest.orchestration.doctor import (
+from ingest.faces.doctor import (
     MAX_YT_DLP_AGE_DAYS,
     check_cuda_libraries,
     check_ejs,
@@ -38,6 +34,10 @@ from ingest.orchestration.doctor import (
     gpu_summary,
     service_tables,
 )
+from ingest.infrastructure.config import Settings, cuda_device_count
+from ingest.infrastructure.gpu import GpuSampler
+from ingest.infrastructure.metrics import Metrics
+from ingest.infrastructure.models import AsrEngineChoice
 from ingest.sites.ytdlp_version import YtDlpRelease, installed_release, release_date
 from tests.conftest import pg_folder
 from tests.observing import closed_port
@@ -97,14 +97,6 @@ def assert_fails_only(result: subprocess.CompletedProcess[str], check: str, *say
     for words in says:
         assert words in rows[check][1]
     assert "Traceback" not in result.stderr
-
-
-@pytest.fixture
-def outside_data_dir() -> Iterator[Path]:
-    """A data dir for the embedded PostgreSQL, where its user can reach it (see `pg_folder`)."""
-    folder = pg_folder()
-    yield folder / "data"
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_good_set_up_passes(ingest_env: dict[str, str], outside_data_dir: Path) -> None:
@@ -372,7 +364,7 @@ def test_each_gpu_with_its_memory_and_the_driver() -> None:
 
 def test_cuda_libraries_of_the_chosen_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(_env_file=None, device="cuda")  # type: ignore[call-arg]
-    monkeypatch.setattr("ingest.orchestration.doctor.cuda_device_count", lambda: 1)
+    monkeypatch.setattr("ingest.faces.doctor.models.cuda_device_count", lambda: 1)
     found = CudaLibrary("cuBLAS 12", "/site/nvidia/cublas/lib", True, ("libcublas.so.12",))
     missing = CudaLibrary("cuDNN 9", None, error="pip install nvidia-cudnn-cu12==9.*")
     monkeypatch.setattr("workers.cuda_libs.preload_cuda_libraries", lambda: (found, missing))
@@ -406,7 +398,7 @@ def test_yt_dlp_releases_are_dated() -> None:
 def test_an_old_yt_dlp_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     released = date(2026, 9, 1)
     old = YtDlpRelease("2026.09.01", released)
-    monkeypatch.setattr("ingest.orchestration.doctor.installed_release", lambda: old)
+    monkeypatch.setattr("ingest.faces.doctor.ytdlp.installed_release", lambda: old)
 
     recent = check_yt_dlp(today=released + timedelta(days=MAX_YT_DLP_AGE_DAYS))
     assert (recent.status, recent.detail) == ("ok", "2026.09.01, released 60 days ago")

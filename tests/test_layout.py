@@ -1,5 +1,6 @@
-"""The layers import one way: orchestration → stages → sites → infrastructure → workers and db, and
-nothing imports in a circle. Read from the source, so an import inside a function counts too."""
+"""The layers import one way: faces → orchestration → stages → sites → infrastructure → workers
+and db, and nothing imports in a circle. Read from the source, so an import inside a function
+counts too."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RANK = {"orchestration": 4, "stages": 3, "sites": 2, "infrastructure": 1, "workers": 0, "db": 0}
+RANK = {
+    "faces": 5,
+    "orchestration": 4,
+    "stages": 3,
+    "sites": 2,
+    "infrastructure": 1,
+    "workers": 0,
+    "db": 0,
+}
 
 
 def module_name(path: Path) -> str:

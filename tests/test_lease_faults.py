@@ -105,14 +105,14 @@ def embedded(job: VideoJob, texts: list[str]) -> EmbeddedVideo:
     vectors = rng.standard_normal((len(texts), DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     video = TranscribedVideo(job, 20.0, chunks, "asr", (), Decision("off"))
-    return EmbeddedVideo(video, vectors)
+    return EmbeddedVideo(video, vectors, "emb")
 
 
 async def sink(db: Database, ledger: Ledger, batch: EmbeddedBatch) -> None:
     send, receive = anyio.create_memory_object_stream[EmbeddedBatch](1)
     async with send:
         await send.send(batch)
-    await sink_stage(receive, db=db, embedding_model="emb", ledger=ledger)
+    await sink_stage(receive, db=db, ledger=ledger)
 
 
 @pytest.mark.parametrize("fault", ["lose the COMMIT's reply", "cut the COPY"])

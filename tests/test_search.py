@@ -177,6 +177,16 @@ def by_meaning(
     return [(p, -neg) for neg, p in sorted(scored) if keep(p)]
 
 
+async def test_a_word_too_long_to_count_is_matched_but_not_counted(searcher: Searcher) -> None:
+    """PostgreSQL holds a lexeme of up to 2,046 bytes: a word of 2,045 is one, but its count
+    token "32:word" is not. Such a word is still looked for, and ranks nothing."""
+    long = "é" * 1000 + "x" * 45  # 2,045 bytes
+    assert await searcher.search(long, search_options(k=3, mode="text")) == []
+    either = await searcher.search(f"{long} or CVE-2024-3094", search_options(k=3, mode="text"))
+    assert either[0].hit.text == RARE
+    assert len(await searcher.search(long, search_options(k=3, mode="hybrid"))) == 3
+
+
 async def test_a_question_without_matching_words_still_finds_by_meaning(
     searcher: Searcher,
     embedder: TextEmbedder,

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import PurePath
 from typing import Any
 
 import httpx
@@ -19,8 +20,9 @@ from starlette.testclient import TestClient
 from db.embedded import start_embedded, stop_embedded
 from db.migrate import apply_migrations
 from db.pool import create_pool
+from ingest.faces.http.app import create_app
+from ingest.faces.http.params import MAX_K, MAX_QUERY_CHARS
 from ingest.infrastructure.config import Settings, load_settings
-from ingest.orchestration.serve import MAX_K, MAX_QUERY_CHARS, create_app
 from tests.conftest import create_database, pg_folder
 from tests.observing import start
 from tests.test_search import MODEL, corpus_texts, fill
@@ -49,7 +51,7 @@ def corpus_url(pg_uri: str) -> str:
 @pytest.fixture(scope="module")
 def client(corpus_url: str) -> Iterator[TestClient]:
     settings = load_settings(database_url=corpus_url, embedding_model=MODEL, device="cpu")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         yield client
 
 
@@ -114,7 +116,8 @@ def test_status(client: TestClient) -> None:
     assert status["chunks"] == 300 and status["videos"]["done"] == 30
     assert status["search"]["language"] == "english"
     assert status["search"]["vector_index"] == "none"  # below INGEST_HNSW_MIN_CHUNKS
-    assert status["search"]["embedding_model"] == MODEL
+    # The model is a folder of the server's here: shown by its name, not by where it is.
+    assert status["search"]["embedding_model"] == PurePath(MODEL).name != MODEL
 
 
 def test_the_command_serves_on_localhost(corpus_url: str, ingest_env: dict[str, str]) -> None:
@@ -146,20 +149,22 @@ def test_a_busy_address_is_one_clear_line(ingest_env: dict[str, str]) -> None:
 
 def test_an_unreachable_database_is_a_503_with_a_json_error_until_it_is_back() -> None:
     """What a load balancer or a client sees while the database is away: every endpoint
-    answers 503 with the reason as JSON (not a hang, not a crash), and once the database is back
-    the same server answers health and searches again, without a restart."""
+    answers 503 as JSON (not a hang, not a crash, and not the server's socket path), and once
+    the database is back the same server answers health and searches again, without a restart."""
     pgdata = pg_folder() / "pgdata"
     uri = start_embedded(pgdata)
     settings = load_settings(database_url=uri, embedding_model=MODEL, device="cpu")
     try:
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        app = create_app(settings)
+        with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as client:
             assert client.get("/health").json() == {"ok": True}
             stop_embedded(pgdata)  # this test process holds the server's only handle
             for path in ("/health", "/status", "/search?q=a+bug"):
                 down = client.get(path)
                 assert down.status_code == 503, (path, down.text)
                 assert down.headers["content-type"] == "application/json"
-                assert down.json()["error"].startswith("database unavailable: ")
+                assert down.json() == {"error": "database unavailable; try again shortly"}
+                assert down.headers["retry-after"] == "1"
             assert start_embedded(pgdata) == uri
             up = client.get("/health")
             assert (up.status_code, up.json()) == (200, {"ok": True})

@@ -138,10 +138,8 @@ async def sink_transcript(pool: asyncpg.Pool, segments: list[Segment]) -> None:
     vectors = np.stack([vector(c.seg_index) for c in chunks])
     send, receive = anyio.create_memory_object_stream[EmbeddedBatch](1)
     async with send:
-        await send.send((EmbeddedVideo(video, vectors),))
-    await sink_stage(
-        receive, db=Database(pool), embedding_model="emb", ledger=Ledger(Database(pool), total=1)
-    )
+        await send.send((EmbeddedVideo(video, vectors, "emb"),))
+    await sink_stage(receive, db=Database(pool), ledger=Ledger(Database(pool), total=1))
 
 
 async def test_every_speaker_of_a_chunk_is_stored_the_main_one_first(

@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -112,6 +119,11 @@ class Settings(BaseSettings):
     # recall@10 of the vector ranking at 200,000 chunks (bench search): 0.947 at 100, 0.970 at 200.
     hnsw_ef_search: int = Field(default=200, ge=1, le=1000)
     serve_addr: str = "127.0.0.1:8780"
+    serve_token: SecretStr | None = None
+    serve_public: bool = False
+    serve_statement_timeout_s: float = Field(default=10.0, gt=0)
+    serve_max_concurrent: int = Field(default=8, ge=1)
+    serve_max_body_bytes: int = Field(default=65_536, ge=0)
     metrics_addr: str = "127.0.0.1:9108"
     metrics_sample_seconds: float = Field(default=2.0, gt=0)
     log_level: LogLevel = "info"
@@ -121,7 +133,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url", "asr_model", "asr_workers", "asr_language", "captions_language",
         "hf_token", "ytdlp_rate_limit", "ytdlp_extractor_args", "cookies_file",
-        "cookies_from_browser", "chunk_min_chars",
+        "cookies_from_browser", "chunk_min_chars", "serve_token",
         mode="before",
     )  # fmt: skip
     @classmethod

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 import asyncpg
 
@@ -40,11 +41,16 @@ async def resolve_dsn(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def open_database(
+    settings: Settings, server_settings: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the configured database; `server_settings` are PostgreSQL settings of each of
+    its connections (a statement timeout, say)."""
     dsn = await resolve_dsn(settings)
+    connect = partial(create_pool, dsn, max_size=8, server_settings=server_settings)
     try:
         pool = await retry_transient(
-            _STARTING, "database_connect", lambda: create_pool(dsn, max_size=8),
+            _STARTING, "database_connect", connect,
             is_connection_error,
         )  # fmt: skip
     except DATABASE_ERRORS as exc:
@@ -62,6 +68,9 @@ async def _migrate(pool: asyncpg.Pool) -> None:
 
     async def migrate() -> None:
         async with pool.acquire() as conn:
+            # A migration takes as long as it takes, whatever statement timeout the pool's
+            # connections have; the pool resets the setting when the connection goes back.
+            await conn.execute("SET statement_timeout = 0")
             await apply_migrations(conn)
 
     await retry_transient(_STARTING, "migrations", migrate, is_connection_error)

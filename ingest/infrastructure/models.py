@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -218,6 +220,29 @@ def load_embedder(settings: Settings) -> TextEmbedder:
         settings.embedding_model, settings.resolved_device(), settings.embed_encode_batch
     )
     return _load("embedding", options.model, lambda: TextEmbedder(options))
+
+
+def load_embedding_model(model: str, like: TextEmbedder) -> TextEmbedder:
+    """Another embedding model, on the device and with the batch size of `like`."""
+    options = dataclasses.replace(like.options, model=model)
+    return _load("embedding", model, lambda: TextEmbedder(options))
+
+
+class EmbedderSlot:
+    """The embedding model a run writes with. When the corpus switches models under a running
+    writer (`ingest reembed`), the sink loads the corpus's new model here, once, and the embed
+    stage takes it for the batches that follow."""
+
+    def __init__(self, embedder: TextEmbedder) -> None:
+        self.current = embedder
+        self._lock = asyncio.Lock()
+
+    async def follow(self, model: str) -> TextEmbedder:
+        async with self._lock:
+            if self.current.name != model:
+                self.current = await asyncio.to_thread(load_embedding_model, model, self.current)
+                log.warning("embedding_model_followed", model=model)
+        return self.current
 
 
 def speaker_options(settings: Settings) -> SpeakerOptions:

@@ -12,7 +12,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.infrastructure.config import Settings
-from ingest.infrastructure.models import Models
+from ingest.infrastructure.models import EmbedderSlot, Models
 from ingest.infrastructure.retry import Database, RetryPolicy
 from ingest.sites.throttle import Governor
 from ingest.sites.ytdlp_options import ytdlp_params
@@ -106,6 +106,7 @@ class Pipeline:
         """Returns once every job is done, failed or handed back; any stage crashing cancels
         the others."""
         downloader = self.downloader
+        slot = EmbedderSlot(self.models.embedder)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_feed(jobs, self._jobs[0]))
@@ -133,7 +134,7 @@ class Pipeline:
                     embed_stage(
                         self._texts[1],
                         self._batches[0],
-                        embedder=self.models.embedder,
+                        embedder=slot,
                         rules=self.options.batching,
                         ledger=self.ledger,
                     )
@@ -142,8 +143,8 @@ class Pipeline:
                     sink_stage(
                         self._batches[1],
                         db=self.db,
-                        embedding_model=self.models.embedder.name,
                         ledger=self.ledger,
+                        embedder=slot,
                     )
                 )
         finally:

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import asyncpg
 import structlog
 
-from db.corpus import ensure_search_index
+from db.corpus import CorpusModel, ensure_search_index, pinned_corpus_model
 from db.search import MODES, Mode, SearchHit, SearchQuery, search_chunks
 from db.search import ensure_search_language as _ensure_language
 from db.search_filters import SearchFilters
 from ingest.infrastructure.config import ConfigError, Settings
 from ingest.infrastructure.database import open_database
 from ingest.infrastructure.models import load_embedder
+from ingest.orchestration.transcripts import link_at
 from ingest.stages.sources import source_key
 from workers.embedder import TextEmbedder
 
 log = structlog.get_logger()
+# A query embedded just before a switch of models is embedded again; a second switch within
+# one query is not worth waiting out.
+_SWITCHES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,80 +70,89 @@ class Result:
 
 
 def link_to(hit: SearchHit) -> Result:
-    second = int(hit.start_s)
-    if hit.extractor == "Youtube":
-        return Result(hit, f"https://youtu.be/{hit.video_id}?t={second}")
-    # A media fragment: browsers start HTTP audio, and a local file, at that second; for a
-    # local file the plain path is given too, for players that take no URL.
-    path = unquote(urlparse(hit.url).path) if hit.url.startswith("file:") else None
-    return Result(hit, f"{hit.url}#t={second}", path)
+    link, path = link_at(hit.extractor, hit.video_id, hit.url, hit.start_s)
+    return Result(hit, link, path)
 
 
 class Searcher:
     """The corpus's pool and embedding model, loaded once: for one query of the command line
-    or the many of `ingest serve`."""
+    or the many of `ingest serve`. When the corpus is re-embedded with another model while it
+    runs (`ingest reembed`), it follows: queries are embedded with the new model from then on."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
+        self._model = settings.embedding_model  # what queries are embedded with
         self._embedder: TextEmbedder | None = None
         self._lock = asyncio.Lock()
 
     async def search(self, text: str, options: SearchOptions) -> list[Result]:
         if not text.strip():
             raise ConfigError("the query is empty: give some words to look for")
-        dim = await self._corpus_dimension()
-        if dim is None:
-            return []
-        vector = None
-        if options.mode != "text":
-            embedder = await self._embedder_of(dim)
-            vector = (await asyncio.to_thread(embedder.encode, [text]))[0]
-        query = SearchQuery(
-            text, vector, options.k, options.mode, options.filters, options.one_per_video,
-            self.settings.hnsw_ef_search,
-        )  # fmt: skip
-        async with self.pool.acquire() as conn:
-            hits = await search_chunks(conn, query)
-        return [link_to(hit) for hit in hits]
+        for _ in range(_SWITCHES):
+            corpus = await self._corpus()
+            if corpus is None:
+                return []
+            vector = None
+            if options.mode != "text":
+                embedder = await self._embedder_of(corpus)
+                vector = (await asyncio.to_thread(embedder.encode, [text]))[0]
+            query = SearchQuery(
+                text, vector, options.k, options.mode, options.filters, options.one_per_video,
+                self.settings.hnsw_ef_search,
+            )  # fmt: skip
+            async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+                # The vector is of the model read above only if the corpus has not switched
+                # since; pinned, it cannot switch while the query reads it.
+                if await pinned_corpus_model(conn) == corpus:
+                    hits = await search_chunks(conn, query)
+                    return [link_to(hit) for hit in hits]
+        raise ConfigError("the corpus's embedding model changed during the query; search again")
 
-    async def _corpus_dimension(self) -> int | None:
-        """The corpus's vector dimension, None for an empty corpus; an error where its vectors
-        are not of the configured model: comparing them with the query would rank nonsense."""
+    async def _corpus(self) -> CorpusModel | None:
+        """The corpus's model, None for an empty corpus; an error where its vectors are not of
+        the configured model (or the one a re-embedding replaced it with): comparing them with
+        the query would rank nonsense."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT embedding_model, embedding_dim,"
+                "SELECT embedding_model, embedding_dim, previous_model,"
                 " (SELECT embedding_model FROM videos WHERE chunk_count > 0"
                 "  AND embedding_model IS DISTINCT FROM c.embedding_model LIMIT 1) AS stray"
                 " FROM corpus c"
             )
         if row is None:
             return None
-        model = self.settings.embedding_model
-        for recorded in (row["embedding_model"], row["stray"]):
-            if recorded is not None and recorded != model:
+        corpus = CorpusModel(row["embedding_model"], row["embedding_dim"], row["previous_model"])
+        if corpus.model != self._model and corpus.previous == self._model:
+            log.info("search_model_followed", model=corpus.model, previous=self._model)
+            self._model = corpus.model
+        for recorded in (corpus.model, row["stray"]):
+            if recorded is not None and recorded != self._model:
                 raise ConfigError(
                     f"the corpus was embedded with {recorded}, but INGEST_EMBEDDING_MODEL is "
-                    f"{model}; search with the corpus's model"
+                    f"{self._model}; search with the corpus's model"
                 )
-        dim: int = row["embedding_dim"]
-        return dim
+        return corpus
 
-    async def _embedder_of(self, dim: int) -> TextEmbedder:
+    async def _embedder_of(self, corpus: CorpusModel) -> TextEmbedder:
         async with self._lock:
-            if self._embedder is None:
-                self._embedder = await asyncio.to_thread(load_embedder, self.settings)
-        if self._embedder.dimension != dim:
+            if self._embedder is None or self._embedder.name != corpus.model:
+                self._embedder = None  # the model replaced is not kept beside the new one
+                settings = self.settings.model_copy(update={"embedding_model": corpus.model})
+                self._embedder = await asyncio.to_thread(load_embedder, settings)
+        if self._embedder.dimension != corpus.dim:
             raise ConfigError(
-                f"the corpus holds {dim}-d embeddings, but {self.settings.embedding_model} "
+                f"the corpus holds {corpus.dim}-d embeddings, but {corpus.model} "
                 f"makes {self._embedder.dimension}-d ones; search with the corpus's model"
             )
         return self._embedder
 
 
 @asynccontextmanager
-async def open_searcher(settings: Settings) -> AsyncIterator[Searcher]:
-    async with open_database(settings) as pool:
+async def open_searcher(
+    settings: Settings, server_settings: Mapping[str, str] | None = None
+) -> AsyncIterator[Searcher]:
+    async with open_database(settings, server_settings) as pool:
         yield Searcher(pool, settings)
 
 

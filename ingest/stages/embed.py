@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -13,6 +14,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.infrastructure.logging import describe_error
+from ingest.infrastructure.models import EmbedderSlot
 from ingest.stages.ledger import Ledger
 from ingest.stages.messages import EmbeddedVideo, TranscribedVideo
 from workers.embedder import TextEmbedder
@@ -112,15 +114,17 @@ async def embed_stage(
     inbox: MemoryObjectReceiveStream[TranscribedVideo],
     outbox: MemoryObjectSendStream[EmbeddedBatch],
     *,
-    embedder: TextEmbedder,
+    embedder: TextEmbedder | EmbedderSlot,
     rules: BatchRules,
     ledger: Ledger,
 ) -> None:
-    """Collects the next batch while the current one is being encoded."""
+    """Collects the next batch while the current one is being encoded, with the slot's current
+    model (a model alone: that one throughout)."""
+    slot = embedder if isinstance(embedder, EmbedderSlot) else EmbedderSlot(embedder)
     handoff = Handoff(rules)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(_collect(inbox, handoff))
-        tg.create_task(_encode(handoff, outbox, embedder, ledger))
+        tg.create_task(_encode(handoff, outbox, slot, ledger))
 
 
 async def _collect(inbox: MemoryObjectReceiveStream[TranscribedVideo], handoff: Handoff) -> None:
@@ -140,12 +144,12 @@ async def _collect(inbox: MemoryObjectReceiveStream[TranscribedVideo], handoff: 
 async def _encode(
     handoff: Handoff,
     outbox: MemoryObjectSendStream[EmbeddedBatch],
-    embedder: TextEmbedder,
+    slot: EmbedderSlot,
     ledger: Ledger,
 ) -> None:
     async with outbox:
         while (videos := await handoff.next_batch()) is not None:
-            await _flush(videos, outbox, embedder, ledger)
+            await _flush(videos, outbox, slot.current, ledger)
 
 
 async def _flush(
@@ -193,15 +197,18 @@ async def _encode_batch(
     metrics.embed_batch.observe(len(texts))
     metrics.items.labels("embed", "ok").inc(len(videos))
     log.debug("embedded", videos=len(videos), chunks=len(texts))
-    return _split(videos, vectors)
+    return split_vectors(videos, vectors, embedder.name)
 
 
-def _split(videos: list[TranscribedVideo], vectors: npt.NDArray[np.float32]) -> list[EmbeddedVideo]:
+def split_vectors(
+    videos: Sequence[TranscribedVideo], vectors: npt.NDArray[np.float32], model: str
+) -> list[EmbeddedVideo]:
+    """Each video with its rows of `vectors` (its chunks', in order), made by `model`."""
     embedded: list[EmbeddedVideo] = []
     offset = 0
     for video in videos:
         rows = vectors[offset : offset + len(video.chunks)]
         rows.setflags(write=False)
         offset += len(video.chunks)
-        embedded.append(EmbeddedVideo(video, rows))
+        embedded.append(EmbeddedVideo(video, rows, model))
     return embedded

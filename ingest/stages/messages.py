@@ -64,3 +64,4 @@ class EmbeddedVideo:
 
     video: TranscribedVideo
     embeddings: npt.NDArray[np.float32]
+    model: str  # the embedding model they come from

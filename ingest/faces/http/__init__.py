@@ -1,0 +1,1 @@
+"""`ingest serve`: the HTTP server over the corpus."""
