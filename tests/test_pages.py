@@ -258,6 +258,7 @@ def test_an_unknown_video_is_a_404_page(client: TestClient) -> None:
         ({"limit": "3"}, "unknown parameter &#39;limit&#39;"),
         ({"q": "x" * (MAX_QUERY_CHARS + 1)}, f"q is longer than {MAX_QUERY_CHARS}"),
         ({"speaker": "<b>x</b>", "k": "1000"}, "not &#39;1000&#39;"),
+        ({"q": "a\x00bug", "channel": "c" * 5000}, "q holds a NUL character"),
     ],
 )
 def test_bad_parameters_are_a_400_page_that_says_why(
@@ -268,6 +269,7 @@ def test_bad_parameters_are_a_400_page_that_says_why(
     assert message in html and 'role="alert"' in html
     assert 'id="q"' in html and 'class="result"' not in html  # the form, to correct it
     assert "<b>x</b>" not in html
+    assert "\x00" not in html and "c" * 1001 not in html  # what the form shows back is bounded
 
 
 def test_an_unreachable_database_is_a_503_page_until_it_is_back() -> None:

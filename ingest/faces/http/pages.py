@@ -116,11 +116,15 @@ class SearchForm:
 
     @classmethod
     def of(cls, params: Mapping[str, str]) -> SearchForm:
+        def value(name: str, default: str = "") -> str:
+            # Shown back even when refused: without NULs, and no longer than a value may be.
+            return params.get(name, default).replace("\x00", "")[:MAX_VALUE_CHARS]
+
         return cls(
-            q=params.get("q", ""), mode=params.get("mode", "hybrid"), k=params.get("k", "10"),
-            channel=params.get("channel", ""), speaker=params.get("speaker", ""),
-            after=params.get("after", ""), before=params.get("before", ""),
-            one_per_video=params.get("one_per_video", "").lower() in {"1", "true", "yes"},
+            q=value("q"), mode=value("mode", "hybrid"), k=value("k", "10"),
+            channel=value("channel"), speaker=value("speaker"),
+            after=value("after"), before=value("before"),
+            one_per_video=value("one_per_video").lower() in {"1", "true", "yes"},
         )  # fmt: skip
 
 
