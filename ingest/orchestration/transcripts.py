@@ -4,7 +4,7 @@ service, its pages and the MCP server all read transcripts through here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote, urlparse
 
@@ -17,7 +17,6 @@ from db.transcripts import (
     fetch_video,
     fetch_videos,
 )
-from ingest.stages.sources import source_key
 
 __all__ = [
     "CorpusFacts",
@@ -108,9 +107,8 @@ async def get_transcript(
 async def list_videos(
     conn: asyncpg.Connection, filters: VideoFilters, limit: int, offset: int
 ) -> list[VideoInfo]:
-    """Newest first (undated last), then by id: stable pages of `limit` from `offset`."""
-    if filters.source is not None:
-        filters = replace(filters, source=source_key(filters.source))
+    """Newest first (undated last), then by id: stable pages of `limit` from `offset`. A source
+    is matched as stored (`source_key`): a server never looks up a client's path."""
     return [video_info(r) for r in await fetch_videos(conn, filters, limit, offset)]
 
 
