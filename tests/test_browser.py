@@ -1,11 +1,12 @@
 """The pages in a real browser: headless Chromium, driven by Selenium, against a real `ingest
-serve` over a small corpus. A visitor types words and presses Enter, follows a result to its
+serve` over a small corpus, and over one made by `ingest backfill`. A visitor types words and presses Enter, follows a result to its
 transcript, which opens at that chunk, narrows by channel, and downloads the transcript; on a
 phone's width nothing runs off the side of the page."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import create_database, isolated_environment
+from tests.conftest import Speech, create_database, isolated_environment
 from tests.observing import start
+from tests.test_backfill import ingest
 from tests.test_pages import prepare
 from tests.test_search import MODEL, RARE
 
@@ -156,3 +158,42 @@ def test_a_phone_sees_the_page_without_scrolling_sideways(browser: WebDriver, se
         assert box["width"] > 200  # the query box takes the width it has
     finally:
         browser.set_window_size(1000, 900)
+
+
+SPOKEN = """WEBVTT
+
+00:00:00.000 --> 00:00:02.000
+The zygomorphic orchid needs one bee.
+
+00:00:02.000 --> 00:00:04.500
+Its pollen rides on the bee's back.
+"""
+
+
+def test_a_backfilled_folder_is_found_and_read_in_the_browser(
+    browser: WebDriver, ingest_env: dict[str, str], speech: Speech, tmp_path: Path
+) -> None:
+    """A corpus made by `ingest backfill` itself (a talk with its subtitle file beside it, and
+    another without): its word found, its transcript opened at the chunk, its source named."""
+    folder = tmp_path / "talks"
+    folder.mkdir()
+    shutil.copy(speech.short, folder / "orchids.wav")
+    (folder / "orchids.en.vtt").write_text(SPOKEN)
+    shutil.copy(speech.medium, folder / "other.wav")
+    done = ingest(ingest_env, "backfill", str(folder))
+    assert done.returncode == 0 and "2 done, 0 failed" in done.stdout, done.stderr
+    running = start(ingest_env, "serve", "--addr", "127.0.0.1:0")
+    try:
+        base = f"http://127.0.0.1:{running.wait_for_event('api_serving')['port']}"
+        first = search_for(browser, base, "zygomorphic")[0]
+        assert first.find_element(By.CSS_SELECTOR, "mark").text == "zygomorphic"
+        first.find_element(By.CSS_SELECTOR, "a.transcript-link").send_keys(Keys.ENTER)
+        WebDriverWait(browser, 30).until(lambda d: "/videos/" in d.current_url)
+        target = urlsplit(browser.current_url).fragment
+        chunk = wait_for(browser, f"#{target}")[0]
+        assert "zygomorphic orchid" in chunk.text
+        assert "subtitle file (orchids.en.vtt)" in browser.find_element(By.TAG_NAME, "main").text
+    finally:
+        running.send_signal(signal.SIGTERM)
+        _, err = running.communicate(timeout=30)
+    assert "Traceback" not in err, err
