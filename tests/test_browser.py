@@ -1,7 +1,8 @@
 """The pages in a real browser: headless Chromium, driven by Selenium, against a real `ingest
-serve` over a small corpus, and over one made by `ingest backfill`. A visitor types words and presses Enter, follows a result to its
-transcript, which opens at that chunk, narrows by channel, and downloads the transcript; on a
-phone's width nothing runs off the side of the page."""
+serve` over a small corpus, and over one made by `ingest backfill`. A visitor types words and
+presses Enter, follows a result to its transcript, which opens at that chunk, narrows by
+channel, and downloads the transcript; on a phone's width nothing runs off the side of the
+page."""
 
 from __future__ import annotations
 
