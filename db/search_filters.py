@@ -37,15 +37,33 @@ def filter_clause(filters: SearchFilters, p: Params) -> str:
     clauses = ["true"]
     if filters.speaker is not None:
         clauses.append(f"s.speaker = {p(filters.speaker)}")
-    if filters.channel is not None:
-        clauses.append(f"v.channel = {p(filters.channel)}")
-    if filters.source is not None:
-        listed = f"SELECT 1 FROM listings l WHERE l.source = {p(filters.source)}"  # noqa: S608
-        clauses.append(f"EXISTS ({listed} AND l.video_id = s.video_id)")
     if filters.video_id is not None:
         clauses.append(f"s.video_id = {p(filters.video_id)}")
-    if filters.published_after is not None:
-        clauses.append(f"v.published_at >= {p(filters.published_after, '::timestamptz')}")
-    if filters.published_before is not None:
-        clauses.append(f"v.published_at < {p(filters.published_before, '::timestamptz')}")
+    clauses += video_conditions(
+        p, "s.video_id", filters.channel, filters.source,
+        filters.published_after, filters.published_before,
+    )  # fmt: skip
     return " AND ".join(clauses)
+
+
+def video_conditions(
+    p: Params,
+    video_id: str,
+    channel: str | None,
+    source: str | None,
+    published_after: datetime | None,
+    published_before: datetime | None,
+) -> list[str]:
+    """Conditions on a video's own facts over `videos v`, the video's id being the column
+    `video_id`: the same for a search of chunks as for a listing of videos."""
+    clauses = []
+    if channel is not None:
+        clauses.append(f"v.channel = {p(channel)}")
+    if source is not None:
+        listed = f"SELECT 1 FROM listings l WHERE l.source = {p(source)}"  # noqa: S608
+        clauses.append(f"EXISTS ({listed} AND l.video_id = {video_id})")
+    if published_after is not None:
+        clauses.append(f"v.published_at >= {p(published_after, '::timestamptz')}")
+    if published_before is not None:
+        clauses.append(f"v.published_at < {p(published_before, '::timestamptz')}")
+    return clauses

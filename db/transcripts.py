@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from db.search_filters import Params
+from db.search_filters import Params, video_conditions
 
 _VIDEO_COLUMNS = """v.id, v.url, v.title, v.channel, v.extractor, v.published_at, v.duration_s,
     v.status, v.transcript_source, v.asr_model, v.embedding_model, v.chunk_count, v.done_at"""
@@ -73,15 +73,10 @@ def video_clause(filters: VideoFilters, p: Params) -> str:
     clauses = ["true"]
     if filters.status is not None:
         clauses.append(f"v.status = {p(filters.status)}")
-    if filters.channel is not None:
-        clauses.append(f"v.channel = {p(filters.channel)}")
-    if filters.source is not None:
-        listed = f"SELECT 1 FROM listings l WHERE l.source = {p(filters.source)}"  # noqa: S608
-        clauses.append(f"EXISTS ({listed} AND l.video_id = v.id)")
-    if filters.published_after is not None:
-        clauses.append(f"v.published_at >= {p(filters.published_after, '::timestamptz')}")
-    if filters.published_before is not None:
-        clauses.append(f"v.published_at < {p(filters.published_before, '::timestamptz')}")
+    clauses += video_conditions(
+        p, "v.id", filters.channel, filters.source,
+        filters.published_after, filters.published_before,
+    )  # fmt: skip
     return " AND ".join(clauses)
 
 
