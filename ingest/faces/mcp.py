@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -127,20 +127,21 @@ class TranscriptPart:
 
 
 def found(result: Result, public: bool) -> Found:
-    fields = public_result(result) if public else result.as_json()
-    del fields["path"]
-    return Found(**fields)
+    values = public_result(result) if public else result.as_json()
+    del values["path"]
+    return Found(**values)
 
 
 def video(info: VideoInfo, public: bool) -> Video:
-    """Over HTTP, a local file without its place and a model folder by its name alone."""
+    """The video's facts by name, less what a client has no use for (its extractor, its path);
+    over HTTP, a local file without its place and a model folder by its name alone."""
     shown = not (public and info.url.startswith("file:"))
     model = public_model if public else lambda name: name
-    return Video(
-        info.id, info.url if shown else None, info.link if shown else None, info.title,
-        info.channel, info.published_at, info.duration_s, info.status, info.transcript_source,
-        model(info.asr_model), model(info.embedding_model), info.chunk_count, info.done_at,
-    )  # fmt: skip
+    facts = {field.name: getattr(info, field.name) for field in fields(Video)}
+    return Video(**{
+        **facts, "url": info.url if shown else None, "link": info.link if shown else None,
+        "asr_model": model(info.asr_model), "embedding_model": model(info.embedding_model),
+    })  # fmt: skip
 
 
 def transcript_part(transcript: Transcript, public: bool) -> TranscriptPart:
