@@ -140,6 +140,16 @@ class Watched(ReembedProgress):
             self.reached.set()
 
 
+async def cancel_after(database_url: str, new: TextEmbedder, chunks: int, batch_size: int) -> None:
+    """A run to `new`, cancelled once it has embedded `chunks`; its cancellation propagates."""
+    progress = Watched(chunks)
+    run = asyncio.create_task(reembed(settings(database_url), new.name, batch_size, progress))
+    await progress.reached.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+
 async def assert_every_vector_is_of(pool: asyncpg.Pool, embedder: TextEmbedder) -> None:
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT text, embedding FROM segments ORDER BY video_id, seg_index")
@@ -261,12 +271,7 @@ async def test_a_writer_holding_the_old_model_after_the_switch_stores_nothing_of
 async def test_a_cancelled_run_goes_on_where_it_stopped(
     corpus: asyncpg.Pool, database_url: str, old: TextEmbedder, new: TextEmbedder
 ) -> None:
-    progress = Watched(10)
-    run = asyncio.create_task(reembed(settings(database_url), new.name, 2, progress))
-    await progress.reached.wait()
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    await cancel_after(database_url, new, chunks=10, batch_size=2)
     async with corpus.acquire() as conn:
         done = await conn.fetchval("SELECT count(next_embedding) FROM segments")
         assert await conn.fetchval("SELECT embedding_model FROM corpus") == OLD
@@ -320,12 +325,7 @@ async def test_a_second_run_or_another_target_is_refused(
         with pytest.raises(ReembedRefused, match="another `ingest reembed` is running"):
             await reembed(settings(database_url), new.name, 10)
         await holder.execute("SELECT pg_advisory_unlock($1)", RUN_LOCK)
-    progress = Watched(2)
-    run = asyncio.create_task(reembed(settings(database_url), new.name, 1, progress))
-    await progress.reached.wait()
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    await cancel_after(database_url, new, chunks=2, batch_size=1)
     # Half-way to the 256-d model, another target waits until that one is finished.
     with pytest.raises(ReembedRefused, match=f"with {new.name} is under way"):
         await reembed(settings(database_url), OLD + "-other", 10)
