@@ -319,19 +319,23 @@ class Outcome:
     set_aside: int = 0  # wait for other cookies or another location
     waiting_retry: int = 0  # failed, to be tried again on the schedule
     left: int = 0  # still to do, or held by a lease that expired
-    elsewhere: int = 0  # under way in another replica (its lease is alive)
+    elsewhere: int = 0  # under way in another replica (its lease or its heartbeat is alive)
 
+
+# Held by another replica: its lease is alive, or its owner's heartbeat is, whose next renewal
+# hands back what it let expire. Until then the video is not on a walk's ready rows, so a run
+# that counted it as left to do would find nothing to claim and end with it undone.
+_ELSEWHERE = f"""status = 'processing' AND lease_owner <> $2 AND (lease_expires_at > now()
+    OR EXISTS (SELECT 1 FROM workers w WHERE w.owner = videos.lease_owner AND {workers.ALIVE}))"""  # noqa: S608
 
 _OUTCOME = f"""
     SELECT count(*) FILTER (WHERE status IN ('done', 'skipped')) AS finished,
         count(*) FILTER (WHERE {FAILED_FOR_GOOD}) AS failed_for_good,
         count(*) FILTER (WHERE {FAILED_SET_ASIDE}) AS set_aside,
         count(*) FILTER (WHERE {FAILED_WAITING}) AS waiting_retry,
-        count(*) FILTER (WHERE status = 'discovered' OR (status = 'processing'
-            AND NOT coalesce(lease_owner <> $2 AND lease_expires_at > now(), false)))
-            AS left,
-        count(*) FILTER (WHERE status = 'processing' AND lease_owner <> $2
-            AND lease_expires_at > now()) AS elsewhere
+        count(*) FILTER (WHERE status = 'discovered'
+            OR (status = 'processing' AND NOT coalesce({_ELSEWHERE}, false))) AS left,
+        count(*) FILTER (WHERE {_ELSEWHERE}) AS elsewhere
     FROM videos WHERE id = ANY($1::text[])
 """  # noqa: S608 - constant fragments; every value is a parameter
 

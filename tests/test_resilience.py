@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -110,9 +110,10 @@ def test_a_replica_killed_on_another_machine_is_waited_for_then_taken_over(
 ) -> None:
     """No shared data folder tells this backfill the other replica died: its videos are under
     way elsewhere until its heartbeat is older than its lease, and are then taken over; the
-    backfill waits for them rather than exit 0 with them undone."""
+    backfill waits for them rather than exit 0 with them undone. The dead replica's heartbeat
+    is kept fresh until the backfill says it waits, however long it takes to start."""
     folder, items = site
-    env = {**ingest_env, "INGEST_LEASE_SECONDS": "20"}  # longer than loading the models
+    env = {**ingest_env, "INGEST_LEASE_SECONDS": "20"}
     with serve(folder, bytes_per_second=600_000) as base:
         feed = write_feed(folder, base, items)
         process = start({**env, "INGEST_METRICS_ADDR": "127.0.0.1:0"}, "backfill", feed)
@@ -120,13 +121,43 @@ def test_a_replica_killed_on_another_machine_is_waited_for_then_taken_over(
         process.send_signal(signal.SIGKILL)
         process.communicate()
         other = {**env, "INGEST_DATA_DIR": str(tmp_path / "another-machine")}
-        restart = run(other, "backfill", feed)
-    assert restart.returncode == 0, restart.stderr
-    assert "waiting_for_other_replicas" in restart.stderr
-    assert "leases_taken_over" in restart.stderr
+        with alive_until_stopped(database_url) as stop:
+            restart = start(other, "backfill", feed)
+            restart.wait_for_event("waiting_for_other_replicas")
+            stop.set()
+        restart.communicate(timeout=300)
+    assert restart.returncode == 0, restart.communicate()
+    assert restart.events("leases_taken_over")
     videos, chunks = asyncio.run(snapshot(database_url))
     assert {v[1] for v in videos} == {"done"}
     assert len(chunks) == sum(int(str(v[3])) for v in videos)
+
+
+@contextlib.contextmanager
+def alive_until_stopped(database_url: str) -> Iterator[threading.Event]:
+    """Keeps the heartbeat of every process registered so far fresh, as if they ran on
+    elsewhere, until the event is set."""
+    stop = threading.Event()
+
+    async def beat() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            owners = await conn.fetchval("SELECT array_agg(owner) FROM workers")
+            while not stop.is_set():
+                await conn.execute(
+                    "UPDATE workers SET seen_at = now() WHERE owner = ANY($1)", owners
+                )
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
+
+    beater = threading.Thread(target=asyncio.run, args=(beat(),))
+    beater.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        beater.join()
 
 
 def restart_ends_as_a_clean_run(

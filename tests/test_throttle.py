@@ -53,6 +53,7 @@ def probe_of(gov: Governor, site: str) -> Ticket:
 
 async def test_a_pause_holds_every_request_then_one_probe_goes_first() -> None:
     gov = governor()
+    started = time.monotonic()  # before the pause begins: it lasts a second from then at least
     gov.throttled("x.org", SLOW_DOWN)
     went: list[tuple[bool, float]] = []
 
@@ -63,7 +64,6 @@ async def test_a_pause_holds_every_request_then_one_probe_goes_first() -> None:
             await asyncio.sleep(0.2)
         gov.answered("x.org", ticket)
 
-    started = time.monotonic()
     await asyncio.gather(request(), request(), request())
     (probe, at), *others = went
     assert probe and at >= 1.0  # Retry-After 0.3 s, but no pause is shorter than a second

@@ -240,6 +240,7 @@ class RetryWait:
         run, stop = self.run, self.run.shutdown.requested
         waited = False
         while not stop.is_set():
+            await run.claims.tidy()  # a dead replica's videos back on the walk, to be claimed
             outcome = await self._outcome()
             if outcome is None:
                 return 0
@@ -251,7 +252,6 @@ class RetryWait:
             log.info("waiting_for_other_replicas", videos=outcome.elsewhere)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), run.claims.rules.ttl_s / 3)
-            await run.claims.tidy()
         return 0
 
     async def soon(self) -> bool:
