@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from workers.chunking import Segment, Word
+from workers.vad import VadRules, speech_stamps
 
 SAMPLE_RATE = 16000
 
@@ -86,18 +87,15 @@ VAD_BLOCK_S = 600.0
 
 
 def detect_speech(audio: Samples) -> list[Span]:
-    """Where the voice-activity detector (Silero, shipped with faster-whisper) hears speech, in
-    pieces of at most 30 s cut at short pauses: what faster-whisper's batched pipeline finds
-    itself. The one pass per video: ASR and the speaker steps all take its result."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    options = VadOptions(max_speech_duration_s=CLIP_S, min_silence_duration_ms=160)
+    """Where the voice-activity detector (Silero, `workers.vad`) hears speech, in pieces of at
+    most 30 s cut at short pauses: what faster-whisper's batched pipeline finds itself. The one
+    pass per video: ASR and the speaker steps all take its result."""
+    rules = VadRules(max_speech_s=CLIP_S, min_silence_ms=160)
     block = int(VAD_BLOCK_S * SAMPLE_RATE)
     pieces: list[Span] = []
     for first in range(0, len(audio), block):
-        stamps = get_speech_timestamps(audio[first : first + block], options, SAMPLE_RATE)
-        pieces += [((first + s["start"]) / SAMPLE_RATE, (first + s["end"]) / SAMPLE_RATE)
-                   for s in stamps]  # fmt: skip
+        stamps = speech_stamps(audio[first : first + block], rules)
+        pieces += [((first + a) / SAMPLE_RATE, (first + b) / SAMPLE_RATE) for a, b in stamps]
     return pieces
 
 

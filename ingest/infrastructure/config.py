@@ -214,9 +214,15 @@ def cuda_visible_devices() -> str | None:
 
 @functools.cache
 def cuda_device_count() -> int:
-    # CTranslate2 answers without initialising torch's CUDA runtime; asked once per process.
-    import ctranslate2
+    """The CUDA devices this process sees, asked once per process and without creating a CUDA
+    context: CTranslate2's count where it is installed (what faster-whisper can use), else
+    torch's, which asks NVML and honours CUDA_VISIBLE_DEVICES."""
+    try:
+        import ctranslate2
+    except ImportError:
+        import torch
 
+        return int(torch.cuda.device_count())
     return int(ctranslate2.get_cuda_device_count())
 
 

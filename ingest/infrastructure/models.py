@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ def choose_asr_engine(settings: Settings) -> AsrEngineChoice:
     form = _model_format(settings.resolved_asr_model())
     if form == "transformers":
         return AsrEngineChoice("transformers", "INGEST_ASR_MODEL is a transformers folder")
+    if not all(importlib.util.find_spec(name) for name in ("faster_whisper", "ctranslate2")):
+        return AsrEngineChoice("transformers", "faster-whisper is not installed")
     if settings.resolved_device() == "cpu":
         return AsrEngineChoice("faster-whisper", "CTranslate2 runs on the CPU")
     if (count := cuda_device_count()) == 0:
