@@ -3,10 +3,12 @@
     python -m bench.device [--quick] [--out PATH]
 
 Needs only torch, transformers, sentence-transformers and nvidia-ml-py (none of faster-whisper,
-CTranslate2, pyannote, speechbrain, asyncpg, yt-dlp or PostgreSQL), no network and no model
-files: every model is built from its real shape with random weights. It measures the
-transformers ASR engine's throughput (x realtime) for Whisper shaped like large-v3-turbo and
-distil-large-v3, the embedder's (chunks/s) for a MiniLM and a 1536-d BERT-large shape, NVML's
+CTranslate2, pyannote, speechbrain, asyncpg, yt-dlp, silero-vad or PostgreSQL), no network and
+no model files: every model is built from its real shape with random weights. It measures the
+transformers ASR engine's throughput (x realtime: the engine itself, `workers.asr_transformers`,
+built around each model, transcribing a video whose speech spans are handed to it, so no
+voice-activity detection runs) for Whisper shaped like large-v3-turbo and distil-large-v3, the
+embedder's (chunks/s) for a MiniLM and a 1536-d BERT-large shape, NVML's
 GPU busy % during each measurement, and which of the project's packages are installed. It
 prints JSON and writes it to --out, after every measurement, so a run cut short still leaves
 its figures. Without CUDA, or with --quick, the same code runs tiny shapes and judges no target.
@@ -23,22 +25,25 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from bench.device_models import (
     WINDOW_S,
     BertShape,
+    ScriptedDecoder,
     WhisperShape,
-    asr_step,
+    asr_engine,
     build_embedder,
     build_whisper,
     chunk_texts,
     embed_step,
+    noise_video,
     quiet_transformers,
     tokenize_step,
     tokens_per_chunk,
+    whisper_processor,
 )
 from bench.device_report import (
     AsrRun,
@@ -52,7 +57,10 @@ from bench.device_report import (
     nvml_handle,
     stack,
 )
+from workers.asr import Span
+from workers.chunking import Segment
 
+T = TypeVar("T")
 TOKENS_PER_WINDOW = 90  # English speech: ~2.5 words/s, ~1.2 tokens a word, 30 s windows
 
 
@@ -64,7 +72,7 @@ class Scale:
     dtypes: tuple[str, ...]
     batches: tuple[int, ...]
     new_tokens: int
-    repeats: int  # timed batches per ASR configuration
+    repeats: int  # batches in the video each ASR configuration times
     warm_up: bool  # one untimed call first (not worth its time with tiny shapes on a CPU)
     chunks: tuple[int, ...]  # per BERT shape
     words_per_chunk: int
@@ -144,8 +152,8 @@ class Check:
             torch.cuda.synchronize()
 
     def timed(
-        self, step: Callable[[], int], repeats: int, warm_up: Callable[[], int] | None = None
-    ) -> tuple[Timing, int]:
+        self, step: Callable[[], T], repeats: int, warm_up: Callable[[], object] | None = None
+    ) -> tuple[Timing, T]:
         """A warm-up call (`warm_up`, or a call of `step`) unless the check runs without, then
         `repeats` timed calls of `step`; returns the timing and what the last call returned."""
         import torch
@@ -189,56 +197,77 @@ def failure(exc: BaseException) -> str:
 
 
 def free_memory() -> None:
+    """GPU memory back to the device: what a failed call's traceback held is collected first.
+    Without CUDA there is nothing to give back (and a collection costs ~0.3 s a call)."""
     import torch
 
-    gc.collect()
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()
 
 
-Configuration = tuple[str, bool, str, int]  # dtype, words, attention kernel, batch
+Configuration = tuple[str, bool, int]  # dtype, words, batch
 
 
 def asr_configurations(scale: Scale) -> list[Configuration]:
     """Without and with word timings, each dtype and batch size."""
-    return [(dtype, words, attention, batch) for dtype in scale.dtypes
-            for words, attention in ((False, "sdpa"), (True, "eager"))
+    return [(dtype, words, batch) for dtype in scale.dtypes for words in (False, True)
             for batch in scale.batches]  # fmt: skip
 
 
-def after_words(scale: Scale) -> list[Configuration]:
-    """The engine's first call with word timings leaves its model on eager attention, so its
-    calls without words after one run eager too."""
-    return [(scale.dtypes[0], False, "eager", batch) for batch in scale.batches]
+@dataclass(frozen=True, slots=True)
+class Whisper:
+    """One shape's model in memory, its processor, and the decoder's script in its `generate`."""
+
+    model: Any
+    processor: Any
+    decoder: ScriptedDecoder
+
+
+def build_asr(shape: WhisperShape, device: str, new_tokens: int) -> Whisper:
+    model = build_whisper(shape, device)
+    return Whisper(model, whisper_processor(), ScriptedDecoder(model, new_tokens))
 
 
 def measure_asr(
     check: Check, scale: Scale, shape: WhisperShape, configurations: list[Configuration]
 ) -> None:
-    model = None
-    for dtype, words, attention, batch in configurations:
-        run = AsrRun(shape.name, dtype, batch, words, attention, windows=batch * scale.repeats)
+    whisper = None
+    video = noise_video(max(batch for *_, batch in configurations) * scale.repeats)
+    for dtype, words, batch in configurations:
+        run = AsrRun(shape.name, dtype, batch, words, windows=batch * scale.repeats)
         if check.elapsed() > scale.asr_budget_s:
             check.add(replace(run, status="skipped: time budget"))
             continue
         try:
-            model = model or build_whisper(shape, check.device)
-            run = asr_run(check, scale, model, run)
+            whisper = whisper or build_asr(shape, check.device, scale.new_tokens)
+            run = asr_run(check, whisper, video, run)
         except Exception as exc:  # one configuration; the others still run
             run = replace(run, status=failure(exc))
-        free_memory()  # after the traceback is gone: it holds what generate had allocated
+        free_memory()  # after the traceback is gone: it holds what the engine had allocated
         check.add(run)
-    del model
+    del whisper
     free_memory()
 
 
-def asr_run(check: Check, scale: Scale, model: Any, run: AsrRun) -> AsrRun:
-    step = asr_step(model, run.dtype, run.attention, run.batch, scale.new_tokens, run.words)
-    timing, tokens = check.timed(step, scale.repeats)
-    # The kernel the model used, as transformers had it after the call.
-    attention = str(model.config._attn_implementation)
-    return replace(run, status="ok", timing=timing, tokens_per_window=tokens, attention=attention,
-                   x_realtime=round(run.windows * WINDOW_S / timing.seconds, 1))  # fmt: skip
+def asr_run(check: Check, whisper: Whisper, video: tuple[Any, list[Span]], run: AsrRun) -> AsrRun:
+    """One video of `run.windows` windows through the engine's `transcribe`, `run.batch` at a
+    time (after a warm-up video of one batch)."""
+    engine = asr_engine(whisper.model, whisper.processor, run.dtype, run.batch)
+    audio, speech = video
+
+    def transcribe(windows: int) -> Callable[[], list[Segment]]:
+        return lambda: engine.transcribe(audio, words=run.words, speech=speech[:windows])
+
+    timing, segments = check.timed(transcribe(run.windows), 1, transcribe(run.batch))
+    return replace(
+        run, status="ok", timing=timing, tokens_per_window=whisper.decoder.tokens,
+        segments_per_window=round(len(segments) / run.windows, 1),
+        words_per_window=round(sum(len(s.words) for s in segments) / run.windows, 1),
+        # The kernel the model used, as transformers had it after the call.
+        attention=str(whisper.model.config._attn_implementation),
+        x_realtime=round(run.windows * WINDOW_S / timing.seconds, 1),
+    )  # fmt: skip
 
 
 def measure_embeddings(check: Check, scale: Scale, shape: BertShape, chunks: int) -> None:
@@ -290,8 +319,6 @@ def run_check(quick: bool, out: Path) -> Report:
     # Most wanted first: later ones are skipped when the time is up.
     for whisper in scale.whisper:
         measure_asr(check, scale, whisper, asr_configurations(scale))
-    for whisper in scale.whisper:
-        measure_asr(check, scale, whisper, after_words(scale))
     for bert, chunks in zip(scale.bert, scale.chunks, strict=True):
         measure_embeddings(check, scale, bert, chunks)
     check.report = judge(check.report, scale is FULL, scale.whisper[0].name, scale.bert[0].name)

@@ -1,10 +1,11 @@
 """The models the device check times, built from their shapes with random weights, and one
-step of work for each: a batch of 30 s windows through transformers' Whisper `generate`, called
-as the transformers ASR engine calls it, and chunks through sentence-transformers' `encode`, as
-the embedder calls it.
+step of work for each: a video of 30 s windows through the transformers ASR engine itself
+(`workers.asr_transformers`, built around the model in memory, the speech spans handed in),
+and chunks through sentence-transformers' `encode`, as the embedder calls it.
 
-Imports only torch, transformers, sentence-transformers, numpy and the standard library, so it
-runs where none of the rest of the project's stack is installed.
+Imports only torch, transformers, sentence-transformers, numpy, the standard library and the
+engine's own modules (which import no more at the top), so it runs where none of the rest of
+the project's stack is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from workers.asr import AsrOptions
+from workers.asr_transformers import TransformersAsrModel
 
 SAMPLE_RATE = 16_000
 WINDOW_S = 30.0
@@ -51,8 +55,10 @@ class BertShape:
 
 
 def build_whisper(shape: WhisperShape, device: str) -> Any:
-    """A multilingual WhisperForConditionalGeneration of `shape` with random weights, float32
-    on `device`, with a generation config like the Hub's (language, task, timestamps, heads)."""
+    """A multilingual WhisperForConditionalGeneration of `shape` with random weights and SDPA
+    attention, float32 on `device`, with a generation config like the Hub's (language, task,
+    timestamps, alignment heads). English is its only language, so the language it detects is
+    English, as it would be for English speech."""
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
@@ -69,6 +75,7 @@ def build_whisper(shape: WhisperShape, device: str) -> Any:
     # Initialised where it runs: 800M parameters initialised on the host take most of a minute.
     with torch.device(device):
         model: Any = WhisperForConditionalGeneration(config)
+    model.set_attn_implementation("sdpa")  # as the engine loads its models
     model.generation_config = GenerationConfig(
         decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT,
         max_length=448, no_timestamps_token_id=NO_TIMESTAMPS, is_multilingual=True,
@@ -79,23 +86,65 @@ def build_whisper(shape: WhisperShape, device: str) -> Any:
     return model.eval()
 
 
+def whisper_processor() -> Any:
+    """A WhisperProcessor with large-v3's 128 mel bins and a tokenizer with its id layout:
+    text tokens that decode to made-up words (every fifth one continues the word before it,
+    about 1.25 tokens a word, as English has), then the special and timestamp tokens."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperProcessor
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    text = {("\u0120w" if k % 5 else "s") + str(k): k for k in range(EOT)}
+    tok = Tokenizer(models.WordLevel(text, unk_token="s0"))
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([
+        "<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in LANGUAGES),
+        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+        "<|notimestamps|>", *(f"<|{i * 0.02:.2f}|>" for i in range(1501)),
+    ])  # fmt: skip
+    special = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=special, eos_token=special, unk_token="s0",
+        pad_token=special,
+    )  # fmt: skip
+    return WhisperProcessor(WhisperFeatureExtractor(feature_size=128), tokenizer)
+
+
 def asr_script(tokens: int) -> list[int]:
     """What the decoder is held to for one window: `tokens` tokens of timestamped segments
     (a timestamp pair every 16 tokens), ending in a single timestamp, as a finished window
-    does, so that `generate` takes the window in one pass."""
+    does, then <|endoftext|>."""
     first_stamp = NO_TIMESTAMPS + 1
     script = []
     for i in range(tokens):
         pair = 0 < i < tokens - 2 and i % 16 in (0, 15)
         at = first_stamp + (1400 * i) // tokens  # up to 28 s
         script.append(at if i in (0, tokens - 1) or pair else 1000 + i)
-    return script
+    return [*script, EOT]
+
+
+class ScriptedDecoder:
+    """Stands in for trained weights: put in place of the model's `generate`, it passes the
+    engine's call on with a logits processor that lets only the script's next token through
+    (random weights wander, e.g. into a pair of timestamps at the end, which makes `generate`
+    decode the window's remainder again), and keeps the tokens the last call generated for
+    the batch's first window."""
+
+    def __init__(self, model: Any, tokens: int) -> None:
+        self._generate = model.generate
+        self._script = asr_script(tokens)
+        self.tokens = 0
+        model.generate = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._generate(*args, logits_processor=[scripted(self._script)], **kwargs)
+        sequences = out["sequences"] if isinstance(out, dict) else out
+        self.tokens = sum(token != EOT for token in sequences[0].tolist())
+        return out
 
 
 def scripted(script: list[int]) -> Any:
-    """A logits processor that lets only the script's next token through: it stands in for
-    trained weights (random ones wander, e.g. into a pair of timestamps at the end, which
-    makes `generate` decode the window's remainder again)."""
+    """A logits processor that lets only the script's next token through."""
     import torch
     from transformers import LogitsProcessor
 
@@ -113,45 +162,24 @@ def scripted(script: list[int]) -> Any:
     return Script()
 
 
-def asr_step(
-    model: Any, dtype: str, attention: str, windows: int, new_tokens: int, words: bool
-) -> Callable[[], int]:
-    """One batch of `windows` 30 s windows, as the engine decodes it: log-mel features on the
-    model's device, then `generate` with timestamps (and token timestamps with `words`), the
-    decoder held to `new_tokens` tokens. The step returns the tokens it generated per window.
+def noise_video(windows: int) -> tuple[Any, list[tuple[float, float]]]:
+    """`windows` x 30 s of quiet noise, and its speech spans as the voice-activity detector
+    would hand them to the engine: one per window, so that every window is a full clip."""
+    rng = np.random.default_rng(0)
+    window = int(WINDOW_S * SAMPLE_RATE)
+    audio = np.tile(rng.standard_normal(window, dtype=np.float32) * 0.1, windows)
+    return audio, [(i * WINDOW_S, (i + 1) * WINDOW_S) for i in range(windows)]
 
-    Generating with word timings switches the model to eager attention for good, so the
-    attention kernel is set here, for each measurement."""
+
+def asr_engine(model: Any, processor: Any, dtype: str, batch: int) -> TransformersAsrModel:
+    """The transformers engine around `model`, in `dtype`, on the model's device, `batch`
+    clips at a time, with no language set, so that it detects one per video, as by default."""
     import torch
-    from transformers import WhisperFeatureExtractor
 
     model.to(getattr(torch, dtype))
-    model.set_attn_implementation(attention)
-    device = str(model.device)
-    extractor = WhisperFeatureExtractor(feature_size=128)
-    rng = np.random.default_rng(0)
-    clips = [rng.standard_normal(int(WINDOW_S * SAMPLE_RATE), dtype=np.float32) * 0.1
-             for _ in range(windows)]  # fmt: skip
-    script = asr_script(new_tokens)
-
-    def step() -> int:
-        features = extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                             return_attention_mask=True, device=device)  # fmt: skip
-        with torch.inference_mode():
-            out = model.generate(
-                features["input_features"].to(device, model.dtype),
-                attention_mask=features["attention_mask"].to(device),
-                return_timestamps=True, return_token_timestamps=words, language="en",
-                task="transcribe", min_new_tokens=new_tokens, max_new_tokens=new_tokens,
-                logits_processor=[scripted(script)],
-            )  # fmt: skip
-        sequences = out["sequences"] if isinstance(out, dict) else out
-        ids = sequences.tolist()
-        if words:
-            out["token_timestamps"].tolist()
-        return sum(token != EOT for token in ids[0])
-
-    return step
+    device = "cuda" if model.device.type == "cuda" else "cpu"
+    options = AsrOptions("device-check", device=device, compute_type=dtype, batch_size=batch)
+    return TransformersAsrModel.around(options, model, processor)
 
 
 def quiet_transformers() -> None:

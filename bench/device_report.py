@@ -18,7 +18,8 @@ from typing import Any
 STACK = {
     "faster_whisper": "faster-whisper", "ctranslate2": "ctranslate2",
     "pyannote.audio": "pyannote.audio", "speechbrain": "speechbrain", "asyncpg": "asyncpg",
-    "yt_dlp": "yt-dlp", "pgserver": "pgserver", "av": "av", "uvloop": "uvloop",
+    "yt_dlp": "yt-dlp", "pgserver": "pgserver", "av": "av", "silero_vad": "silero-vad",
+    "uvloop": "uvloop",
     "prometheus_client": "prometheus-client", "pynvml": "nvidia-ml-py", "torch": "torch",
     "transformers": "transformers", "sentence_transformers": "sentence-transformers",
 }  # fmt: skip
@@ -26,26 +27,31 @@ ASR_TARGET = 600.0  # x realtime, large-v3-turbo shape
 EMBED_TARGET = 20_000.0  # chunks/s, MiniLM shape
 BUSY_TARGET = 90.0  # % of the time a kernel runs
 METHOD = (
-    "ASR: WhisperForConditionalGeneration with random weights, built from the shape; each "
-    "batch as the transformers engine decodes it (workers/asr_transformers.py): "
-    "WhisperFeatureExtractor on the GPU, then generate(return_timestamps=True, "
-    "return_token_timestamps=words, language='en', task='transcribe'), one encoder pass and "
-    "`new_tokens` decoder steps with the KV cache per window. A logits processor holds the "
-    "decoder to a script of timestamped segments ending like a finished window, standing in "
-    "for trained weights (random ones end windows in ways that make generate decode the "
-    "remainder again). x_realtime = windows * 30 s / seconds.",
-    "Word timings are exactly the engine's path: return_token_timestamps makes transformers "
-    "switch the model to eager attention, return every layer's attention maps (the encoder's "
-    "included) and run DTW over the alignment heads' cross-attention. The switch to eager is "
-    "permanent on the model, so after the engine's first call with words its later calls "
-    "without words run eager too: rows with words=false and attention='eager'.",
+    "ASR: the transformers engine itself (workers/asr_transformers.py, TransformersAsrModel."
+    "around a WhisperForConditionalGeneration with random weights and SDPA attention, built "
+    "from the shape, and a WhisperProcessor with Whisper's token layout), transcribing a video "
+    "of windows * 30 s of noise with batch_size=batch: per batch, log-mel features on the GPU, "
+    "one encoder pass, the language detected once per video (no language set, as by default), "
+    "generate(encoder_outputs, return_timestamps=True), segments cut at timestamp pairs. The "
+    "speech spans, one per 30 s window, are handed to transcribe(speech=...): the "
+    "voice-activity detector is not timed. A logits processor put into the model's generate "
+    "holds the decoder to a script of `new_tokens` tokens of timestamped segments ending like "
+    "a finished window, then <|endoftext|>, standing in for trained weights (random ones end "
+    "windows in ways that make generate decode the remainder again). x_realtime = windows * "
+    "30 s / seconds for the whole video, batch after batch.",
+    "Word timings are the engine's own too: a forced decoder pass over each window's text with "
+    "hooks computing the alignment heads' cross-attention beside SDPA (workers/whisper_align.py), "
+    "dynamic time warping on the host, then faster-whisper's word rules "
+    "(workers/whisper_words.py). The model stays on SDPA: `attention` is its kernel after the "
+    "run.",
     "Embeddings: sentence-transformers Transformer (random BertModel, WordPiece vocabulary of "
     "30522) + mean Pooling (+ Dense to 1536) + Normalize; encode(normalize_embeddings=True, "
     "convert_to_numpy=True) as workers/embedder.py calls it, on ~200-word chunks; "
     "tokenize_chunks_per_s is the tokenizer alone, batch by batch, on the host. The float32 "
     "batch-32 rows are what the embedder runs today (no dtype set, INGEST_EMBED_ENCODE_BATCH).",
     "busy_percent: mean of NVML utilisation.gpu sampled every 0.2 s over the timed part; "
-    "timings after one warm-up call, with torch.cuda.synchronize().",
+    "timings after one warm-up call (an ASR video of one batch), with "
+    "torch.cuda.synchronize().",
 )
 
 
@@ -62,11 +68,13 @@ class AsrRun:
     dtype: str
     batch: int
     words: bool
-    attention: str
-    windows: int  # timed windows
+    windows: int  # timed windows: one video, `batch` at a time
     status: str = "pending"
     timing: Timing | None = None
-    tokens_per_window: int | None = None
+    tokens_per_window: int | None = None  # generated, as the decoder script has them
+    segments_per_window: float | None = None
+    words_per_window: float | None = None
+    attention: str | None = None  # the model's attention kernel after the run
     x_realtime: float | None = None
 
 
@@ -193,8 +201,7 @@ def judge(report: Report, judged: bool, asr_shape: str, embed_shape: str) -> Rep
 
 
 def _best_asr(report: Report, shape: str, words: bool) -> AsrRun | None:
-    runs = [r for r in report.asr if r.shape == shape and r.words == words and r.x_realtime
-            and r.attention == ("eager" if words else "sdpa")]  # fmt: skip
+    runs = [r for r in report.asr if r.shape == shape and r.words == words and r.x_realtime]
     return max(runs, key=lambda r: r.x_realtime or 0.0, default=None)
 
 
