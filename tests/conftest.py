@@ -151,6 +151,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> ModelPaths:
     )
 
 
+@pytest.fixture(scope="session")
+def hf_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in Whisper of `models`, its weights written in transformers' format."""
+    return standins.write_whisper_transformers(tmp_path_factory.mktemp("hf") / "whisper")
+
+
 @dataclass(frozen=True)
 class Speech:
     short: Path  # ~5 s, one voice

@@ -27,11 +27,6 @@ from workers.decode import decode_audio
 
 
 @pytest.fixture(scope="module")
-def hf_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standins.write_whisper_transformers(tmp_path_factory.mktemp("hf") / "whisper")
-
-
-@pytest.fixture(scope="module")
 def torch_engine(hf_whisper: Path) -> TransformersAsrModel:
     return TransformersAsrModel(AsrOptions(str(hf_whisper), batch_size=4))
 

@@ -15,7 +15,6 @@ import pytest
 from tokenizers import Tokenizer
 from transformers.models.whisper.generation_whisper import _dynamic_time_warping
 
-from tests import standins
 from tests.conftest import Speech
 from workers import whisper_words
 from workers.asr import AsrOptions, detect_speech
@@ -25,13 +24,8 @@ from workers.whisper_align import Alignment, warp
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standins.write_whisper_transformers(tmp_path_factory.mktemp("hf") / "whisper")
-
-
-@pytest.fixture(scope="module")
-def engine(folder: Path) -> TransformersAsrModel:
-    return TransformersAsrModel(AsrOptions(str(folder), batch_size=2))
+def engine(hf_whisper: Path) -> TransformersAsrModel:
+    return TransformersAsrModel(AsrOptions(str(hf_whisper), batch_size=2))
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +124,17 @@ def test_the_language_is_detected_once_per_video(
 
 
 def test_an_english_only_model_is_given_no_language(
-    folder: Path,
+    hf_whisper: Path,
     tmp_path: Path,
     long_audio: tuple[Any, list[tuple[float, float]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """English-only models refuse a language or a task, and none is detected, whatever the
     options say. The same weights, configured as the hub's English-only models are. ~3 s."""
-    for path in folder.iterdir():
+    for path in hf_whisper.iterdir():
         (tmp_path / path.name).symlink_to(path)
     (tmp_path / "generation_config.json").unlink()
-    generation = json.loads((folder / "generation_config.json").read_text())
+    generation = json.loads((hf_whisper / "generation_config.json").read_text())
     # As the hub's English-only configs have it: no languages, no tasks.
     for key in ("lang_to_id", "task_to_id"):
         del generation[key]
@@ -156,12 +150,12 @@ def test_an_english_only_model_is_given_no_language(
     assert all("task" not in call for call in spy.calls)
 
 
-def test_a_clip_is_cut_into_segments_as_faster_whisper_cuts_it(folder: Path) -> None:
+def test_a_clip_is_cut_into_segments_as_faster_whisper_cuts_it(hf_whisper: Path) -> None:
     """faster-whisper's batched pipeline: a segment ends at each pair of timestamps; a clip
     without a pair is one segment from the clip's start to its last timestamp (to the clip's
     end when that is <|0.00|>), and text after the last pair that no timestamp closes is
     dropped. Instant."""
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(hf_whisper / "tokenizer.json"))
     stamp = tokenizer.token_to_id("<|0.00|>") or 0
     test, transcript = tokenizer.encode(" test").ids, tokenizer.encode(" transcript").ids
 
@@ -217,7 +211,7 @@ def random_path(rng: np.random.Generator, rows: int) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("language", ["en", "ja"])
-def test_the_word_rules_are_faster_whispers(folder: Path, language: str) -> None:
+def test_the_word_rules_are_faster_whispers(hf_whisper: Path, language: str) -> None:
     """The ported rules against faster-whisper's own on the same random clips and alignment
     paths: segment cuts and bounds, words (punctuation joined, full-width marks, Japanese cut
     at characters), their times after the rules for long words and pauses, and the end of the
@@ -228,7 +222,7 @@ def test_the_word_rules_are_faster_whispers(folder: Path, language: str) -> None
     defaults = inspect.signature(BatchedInferencePipeline.transcribe).parameters
     assert defaults["prepend_punctuations"].default == whisper_words.PREPENDED
     assert defaults["append_punctuations"].default == whisper_words.APPENDED
-    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    backend = Tokenizer.from_file(str(hf_whisper / "tokenizer.json"))
     theirs = FasterTokenizer(backend, True, task="transcribe", language=language)
     splitter = whisper_words.WordSplitter(backend, theirs.eot, language)
     text = backend.encode(MARKED_TEXT[language]).ids

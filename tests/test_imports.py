@@ -151,14 +151,13 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory, clip: Path) -> Report:
+def report(tmp_path_factory: pytest.TempPathFactory, clip: Path, hf_whisper: Path) -> Report:
     # Imported here, not at the top: the child imports this module, and conftest imports asyncpg.
     from tests.conftest import isolated_environment
 
-    whisper = standins.write_whisper_transformers(tmp_path_factory.mktemp("hf") / "whisper")
     script = "import sys, tests.test_imports as t; t.child(*sys.argv[1:])"
     result = subprocess.run(
-        [sys.executable, "-c", script, str(whisper), str(clip), str(standins.minilm_path())],
+        [sys.executable, "-c", script, str(hf_whisper), str(clip), str(standins.minilm_path())],
         env=isolated_environment(),
         cwd=tmp_path_factory.mktemp("cwd"),
         capture_output=True,
