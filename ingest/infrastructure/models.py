@@ -93,8 +93,8 @@ def _model_format(model: str) -> Literal["ctranslate2", "transformers"] | None:
 
 
 def choose_asr_engine(settings: Settings) -> AsrEngineChoice:
-    """faster-whisper wherever CTranslate2 can run the model (any CPU; a GPU it sees, with the
-    cuBLAS and cuDNN it opens), else Whisper on torch."""
+    """faster-whisper where it is installed and CTranslate2 can run the model (any CPU; a GPU
+    it sees, with the cuBLAS and cuDNN it opens), else Whisper on torch."""
     if settings.asr_engine != "auto":
         return AsrEngineChoice(settings.asr_engine, f"INGEST_ASR_ENGINE={settings.asr_engine}")
     form = _model_format(settings.resolved_asr_model())
