@@ -56,6 +56,14 @@ class ReembeddingStatus:
     left: int  # chunks still lacking a next vector
     total: int
 
+    @property
+    def summary(self) -> str:
+        done = self.total - self.left
+        return (
+            f"re-embedding with {self.run.model} since {self.run.started_at:%Y-%m-%d %H:%M}: "
+            f"{done}/{self.total} chunks done"
+        )
+
 
 async def reembedding_status(conn: asyncpg.Connection) -> ReembeddingStatus | None:
     """The re-embedding under way and how far it is, for `ingest status`."""
@@ -66,6 +74,22 @@ async def reembedding_status(conn: asyncpg.Connection) -> ReembeddingStatus | No
     except asyncpg.UndefinedColumnError:  # it switched in between
         return None
     return ReembeddingStatus(run, left, total)
+
+
+# Whether a session of this database holds the run's lock (a bigint advisory lock shows as its
+# high and low halves, objsubid 1).
+_RUN_GOING_ON = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+    WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()
+      AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid AND l.objsubid = 1)
+"""
+
+
+async def run_going_on(conn: asyncpg.Connection) -> bool:
+    """Whether a run holds its lock now: a recorded run without one was stopped half-way."""
+    going: bool = await conn.fetchval(_RUN_GOING_ON, RUN_LOCK >> 32, RUN_LOCK & 0xFFFFFFFF)
+    return going
 
 
 async def start_reembedding(conn: asyncpg.Connection, model: str, dim: int) -> Reembedding:

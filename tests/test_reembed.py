@@ -26,6 +26,7 @@ from db.corpus import (
 from db.reembed import RUN_LOCK, reembedding
 from db.sink import ChunkRow, CorpusModelChanged, FinishedVideo, write_finished
 from ingest.faces.cli import app
+from ingest.faces.doctor.database import check_database
 from ingest.infrastructure.config import Settings, load_settings
 from ingest.infrastructure.models import EmbedderSlot, ModelLoadError
 from ingest.infrastructure.retry import Database
@@ -336,6 +337,21 @@ async def test_a_second_run_or_another_target_is_refused(
     # Search goes on with MiniLM meanwhile.
     results = await Searcher(corpus, settings(database_url)).search("CVE", SearchOptions(k=1))
     assert results[0].hit.video_id == "rare"
+    await doctor_sees_the_run(corpus, database_url, new)
+
+
+async def doctor_sees_the_run(corpus: asyncpg.Pool, database_url: str, new: TextEmbedder) -> None:
+    """`doctor` tells a run going on (its lock held) from one stopped half-way."""
+    (stopped,) = [
+        c for c in await check_database(settings(database_url)) if c.name == "reembedding"
+    ]
+    assert stopped.status == "warn" and f"ingest reembed --model {new.name}" in stopped.fix
+    async with corpus.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", RUN_LOCK)
+        checks = await check_database(settings(database_url))
+        await holder.execute("SELECT pg_advisory_unlock($1)", RUN_LOCK)
+    (going,) = [c for c in checks if c.name == "reembedding"]
+    assert going.status == "ok" and going.detail.startswith(f"re-embedding with {new.name}")
 
 
 async def test_the_command_line_says_what_it_did(

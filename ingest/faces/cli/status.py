@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from db.reembed import ReembeddingStatus, reembedding_status
+from db.reembed import reembedding_status
 from db.sites import SitePause
 from db.videos import FailedSummary, RecentError, StatusSummary, status_summary
 from db.workers import Replica
@@ -52,21 +52,13 @@ def status(
     if line := _failed(report.failed):
         out.print(line, highlight=False)
     if reembedding:
-        out.print(_reembedding(reembedding), markup=False, highlight=False, soft_wrap=True)
+        out.print(reembedding.summary, markup=False, highlight=False, soft_wrap=True)
     for replica in report.replicas:
         out.print(_replica(replica), markup=False, highlight=False)
     for pause in report.paused_sites:
         out.print(_paused(pause), markup=False, highlight=False, soft_wrap=True)
     for e in report.recent_errors:
         out.print(_recent(e), markup=False, highlight=False)
-
-
-def _reembedding(state: ReembeddingStatus) -> str:
-    done = state.total - state.left
-    return (
-        f"re-embedding with {state.run.model} since {state.run.started_at:%Y-%m-%d %H:%M}: "
-        f"{done}/{state.total} chunks done"
-    )
 
 
 def _replica(replica: Replica) -> str:

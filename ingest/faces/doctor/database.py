@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from db.migrate import discover
+from db.reembed import reembedding_status, run_going_on
 from ingest.faces.doctor.report import Check, fail, ok, warn
 from ingest.infrastructure.config import Settings
 from ingest.infrastructure.database import DatabaseUnavailable, resolve_dsn
@@ -73,7 +74,22 @@ async def _inspect(conn: asyncpg.Connection) -> list[Check]:
         await _pgvector(conn),
         await _migrations(conn),
         await _writes(conn),
+        *await _reembedding(conn),
     ]
+
+
+async def _reembedding(conn: asyncpg.Connection) -> list[Check]:
+    """A re-embedding recorded: going on, or stopped half-way and waiting to be run again."""
+    try:
+        state = await reembedding_status(conn)
+    except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError):
+        return []  # migrations not applied, or rights missing: both reported above
+    if state is None:
+        return []
+    if await run_going_on(conn):
+        return [ok("reembedding", f"{state.summary}; search uses the current model until then")]
+    fix = f"run `ingest reembed --model {state.run.model}` again: it goes on where it stopped"
+    return [warn("reembedding", f"{state.summary}, and no run is going on", fix)]
 
 
 _VECTOR_AVAILABLE = """
